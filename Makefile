@@ -1,0 +1,42 @@
+# Tierline: `make run` starts the embedded stack, `make test` runs the whole suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench bench-write bench-projector bench-sla bench-webhooks schemas clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/tierline dev --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check services tests bench
+	$(BIN)/ruff format --check services tests bench
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format services tests bench
+	$(BIN)/ruff check --fix services tests bench
+
+schemas: $(STAMP)
+	$(BIN)/python -m tierline.schemagen
+
+bench: bench-write
+
+bench-write: $(STAMP)
+	$(BIN)/python bench/write_path.py
+
+clean:
+	rm -rf $(VENV) .tierline .pytest_cache .mypy_cache .ruff_cache

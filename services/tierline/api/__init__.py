@@ -1,0 +1,1 @@
+"""aiohttp adapter: routes, auth, problem details, OpenAPI."""

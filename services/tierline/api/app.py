@@ -1,0 +1,180 @@
+"""The aiohttp application factory: middlewares, routes and resources."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from importlib.metadata import version as dist_version
+
+import asyncpg
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+
+from tierline.api import admin, issues
+from tierline.api.keys import ISSUES, KAFKA_BOOTSTRAP, OPENAPI, POOL, REFERENCE, SETTINGS
+from tierline.api.openapi import build_openapi
+from tierline.api.problems import Problem, problem_response
+from tierline.api.registry import PRINCIPAL_KEY, RouteTable, json_response
+from tierline.api.schemas import Health
+from tierline.config import Settings
+from tierline.eventlog.kafka import kafka_ready
+from tierline.service_layer.issues import IssueService, Principal
+from tierline.service_layer.reference import ReferenceData
+from tierline.store.api_keys import find_api_key
+from tierline.store.pool import create_pool
+
+log = structlog.get_logger(__name__)
+
+ops = RouteTable()
+REQUESTS = Counter("tierline_http_requests_total", "HTTP requests", ["method", "route", "status"])
+LATENCY = Histogram(
+    "tierline_http_request_seconds",
+    "HTTP request latency",
+    ["method", "route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+def all_routes() -> list[RouteTable]:
+    """Every route table, in registration order."""
+    from tierline.api import extensions
+
+    return [ops, admin.routes, issues.routes, *extensions.route_tables()]
+
+
+def openapi_document() -> dict[str, object]:
+    """The OpenAPI document for this code base."""
+    operations = [op for table in all_routes() for op in table.operations]
+    return build_openapi(operations, dist_version("tierline"))
+
+
+@ops.route("GET", "/healthz", summary="The process is up", tag="operations", public=True,
+           response=Health)
+async def healthz(request: web.Request) -> web.Response:
+    return json_response(Health(status="ok"))
+
+
+@ops.route("GET", "/readyz", summary="PostgreSQL and Kafka answer", tag="operations",
+           public=True, response=Health, errors=(503,))
+async def readyz(request: web.Request) -> web.Response:
+    checks: dict[str, str] = {}
+    try:
+        async with request.app[POOL].acquire(timeout=3) as conn:
+            await conn.fetchval("SELECT 1")
+        checks["postgres"] = "ok"
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    checks["kafka"] = "ok" if await kafka_ready(request.app[KAFKA_BOOTSTRAP]) else "error"
+    ready = all(v == "ok" for v in checks.values())
+    return json_response(
+        Health(status="ready" if ready else "not ready", checks=checks), status=200 if ready else 503
+    )
+
+
+@ops.route("GET", "/metrics", summary="Prometheus metrics", tag="operations", public=True)
+async def metrics(request: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest())
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+@ops.route("GET", "/openapi.json", summary="This document", tag="operations", public=True)
+async def openapi(request: web.Request) -> web.Response:
+    return json_response(request.app[OPENAPI])
+
+
+def _traceparent(request: web.Request) -> tuple[str, str]:
+    """The incoming W3C traceparent (or a new one) and its trace id."""
+    incoming = request.headers.get("traceparent", "")
+    parts = incoming.split("-")
+    if len(parts) == 4 and len(parts[1]) == 32 and len(parts[2]) == 16:
+        trace_id = parts[1]
+    else:
+        trace_id = uuid.uuid4().hex
+    span_id = os.urandom(8).hex()
+    return f"00-{trace_id}-{span_id}-01", trace_id
+
+
+@web.middleware
+async def context_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    """Bind request and trace ids to the logs; render every error as problem details."""
+    traceparent, trace_id = _traceparent(request)
+    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request[issues.TRACEPARENT_KEY] = traceparent
+    structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    started = time.perf_counter()
+    try:
+        response = await _with_problems(request, handler)
+    finally:
+        structlog.contextvars.clear_contextvars()
+    response.headers["X-Request-Id"] = request_id
+    response.headers["traceparent"] = traceparent
+    LATENCY.labels(request.method, route).observe(time.perf_counter() - started)
+    REQUESTS.labels(request.method, route, str(response.status)).inc()
+    return response
+
+
+async def _with_problems(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Problem as p:
+        return problem_response(p.status, p.kind, p.detail, request.path, p.extra)
+    except web.HTTPRequestEntityTooLarge as exc:
+        return problem_response(413, "payload-too-large", exc.text, request.path)
+    except web.HTTPNotFound:
+        return problem_response(404, "not-found", "no such resource", request.path)
+    except web.HTTPMethodNotAllowed:
+        return problem_response(405, "method-not-allowed", None, request.path)
+    except web.HTTPException as exc:
+        return problem_response(exc.status, "http-error", exc.reason, request.path)
+    except Exception:
+        log.exception("request_failed", method=request.method, path=request.path)
+        return problem_response(500, "internal-error", "an internal error occurred", request.path)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+    """Resolve `Authorization: Bearer` to a principal; unknown or revoked keys are 401."""
+    header = request.headers.get("Authorization")
+    public = getattr(request.match_info.handler, "tierline_public", False)
+    if header is not None and not public:
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise Problem(401, "unauthenticated", "use Authorization: Bearer <api key>")
+        found = await find_api_key(request.app[POOL], key.strip())
+        if found is None:
+            raise Problem(401, "unauthenticated", "unknown or revoked API key")
+        request[PRINCIPAL_KEY] = Principal(str(found.id), found.role, found.vendor_id)
+    return await handler(request)
+
+
+def create_app(settings: Settings, *, kafka_bootstrap: str | None = None) -> web.Application:
+    """The API application; resources are opened and closed through `cleanup_ctx`."""
+    app = web.Application(
+        middlewares=[context_middleware, auth_middleware],
+        client_max_size=settings.api_max_body_bytes,
+    )
+    app[SETTINGS] = settings
+    app[KAFKA_BOOTSTRAP] = kafka_bootstrap or settings.kafka_bootstrap
+    app[OPENAPI] = openapi_document()
+    for table in all_routes():
+        table.install(app)
+    app.cleanup_ctx.append(_resources)
+    return app
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    reference = ReferenceData(pool)
+    app[POOL] = pool
+    app[REFERENCE] = reference
+    app[ISSUES] = IssueService(pool, reference)
+    yield
+    await pool.close()

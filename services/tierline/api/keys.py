@@ -1,0 +1,19 @@
+"""Typed application keys for what the app holds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from tierline.config import Settings
+from tierline.service_layer.issues import IssueService
+from tierline.service_layer.reference import ReferenceData
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+REFERENCE = web.AppKey("reference", ReferenceData)
+ISSUES = web.AppKey("issues", IssueService)
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+KAFKA_BOOTSTRAP = web.AppKey("kafka_bootstrap", str)

@@ -1,0 +1,139 @@
+"""Response and request bodies that are not domain commands."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tierline.domain.clocks import ClockKind, ClockState
+from tierline.domain.events import Category, Status
+from tierline.domain.governance import Priority
+from tierline.domain.issue import Issue
+from tierline.store.api_keys import ApiKey, Role
+
+
+class ClockOut(BaseModel):
+    """One SLA clock as clients see it."""
+
+    id: str
+    kind: ClockKind
+    tier: int
+    state: ClockState
+    started_at: datetime
+    due_at: datetime | None
+    breached_at: datetime | None
+    target_seconds: float
+    elapsed_seconds: float
+    warned: list[float]
+
+
+class IssueOut(BaseModel):
+    """An issue resource."""
+
+    id: str
+    vendor_id: str
+    title: str
+    description: str | None
+    category: Category
+    priority: Priority
+    status: Status
+    tier: int
+    assignee: str | None
+    external_ref: str | None
+    reported_by: str | None
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    sla: list[ClockOut]
+
+    @classmethod
+    def of(cls, issue: Issue) -> IssueOut:
+        """The resource view of the write side's snapshot."""
+        return cls(
+            **issue.model_dump(exclude={"clocks", "status_before_hold", "clock_seq"}),
+            sla=[
+                ClockOut(**k.model_dump(include=set(ClockOut.model_fields)))
+                for k in issue.clocks
+            ],
+        )
+
+
+class CloudEventOut(BaseModel):
+    """An event in CloudEvents structured form."""
+
+    model_config = ConfigDict(extra="allow")
+    specversion: str
+    id: str
+    source: str
+    type: str
+    subject: str
+    time: datetime
+    sequence: str
+    datacontenttype: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    """An issue's history."""
+
+    items: list[CloudEventOut]
+    next_cursor: str | None = None
+
+
+class CreateApiKey(BaseModel):
+    """Body of `POST /v1/api-keys`."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    role: Role
+    vendor_id: str | None = None
+
+
+class ApiKeyOut(BaseModel):
+    """A key's metadata; `key` appears only in the creation response."""
+
+    id: str
+    name: str
+    role: Role
+    vendor_id: str | None
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+    key: str | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey, secret: str | None = None) -> ApiKeyOut:
+        """The view of a stored key."""
+        return cls(
+            id=str(key.id),
+            name=key.name,
+            role=key.role,
+            vendor_id=key.vendor_id,
+            prefix=key.prefix,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+            key=secret,
+        )
+
+
+class ApiKeyPage(BaseModel):
+    """Every key's metadata."""
+
+    items: list[ApiKeyOut]
+    next_cursor: str | None = None
+
+
+class GovernanceOut(BaseModel):
+    """The governance document with its version."""
+
+    model_config = ConfigDict(extra="allow")
+    version: int
+
+
+class Health(BaseModel):
+    """Liveness/readiness answer."""
+
+    status: str
+    checks: dict[str, str] = {}

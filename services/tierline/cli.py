@@ -1,0 +1,144 @@
+"""The `tierline` command: one subcommand per role, plus dev, migrate, replay and keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tierline.config import Settings
+from tierline.logs import configure_logging
+
+ROLE_HELP = {
+    "api": "serve the HTTP API",
+    "relay": "publish committed events to Kafka (one active at a time)",
+    "projector": "build the read models from the log",
+    "sla": "run SLA clocks: warnings, breaches, automatic escalation",
+    "webhooks": "deliver signed webhooks to vendor systems",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; `--help` lists every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="tierline",
+        description="Tierline: escalation and issue tracking for outsourcing governance.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    dev = sub.add_parser("dev", help="run the embedded stack (PostgreSQL, broker, every role)")
+    dev.add_argument("--demo", action="store_true", help="seed demo vendors and issues")
+    dev.add_argument("--port", type=int, default=8080, help="API port (default 8080)")
+    dev.add_argument("--data-dir", type=Path, default=None, help="data directory (.tierline)")
+    for name, text in ROLE_HELP.items():
+        sub.add_parser(name, help=text)
+    sub.add_parser("migrate", help="apply pending database migrations")
+    replay = sub.add_parser("replay", help="rebuild read models from the Kafka log")
+    replay.add_argument("--projection", default=None, help="only this projection")
+    keys = sub.add_parser("keys", help="manage API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="create a key and print it once")
+    create.add_argument("--role", required=True, choices=["admin", "integration", "vendor", "viewer"])
+    create.add_argument("--vendor", default=None, help="vendor id (required for role vendor)")
+    create.add_argument("--name", default="cli", help="a label for the key")
+    return parser
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _run_role(settings: Settings, name: str) -> int:
+    from tierline.roles import available_roles, run_roles
+
+    if name not in available_roles():
+        print(f"tierline {name}: this role is not part of this build yet", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    _install_stop(stop)
+    await run_roles(settings, [name], stop)
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from tierline.store.migrate import migrate_url
+
+    applied = await migrate_url(settings.database_url)
+    print(f"applied migrations: {applied}" if applied else "database is up to date")
+    return 0
+
+
+async def _create_key(settings: Settings, args: argparse.Namespace) -> int:
+    from tierline.store.api_keys import create_api_key
+    from tierline.store.migrate import migrate_url
+    from tierline.store.pool import create_pool
+    from tierline.store.vendors import get_vendor
+
+    if (args.role == "vendor") != (args.vendor is not None):
+        print("error: --vendor is required for role vendor and not allowed otherwise", file=sys.stderr)
+        return 2
+    await migrate_url(settings.database_url)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        if args.vendor is not None and await get_vendor(pool, args.vendor) is None:
+            print(f"error: unknown vendor {args.vendor!r}", file=sys.stderr)
+            return 2
+        key, secret = await create_api_key(
+            pool, name=args.name, role=args.role, vendor_id=args.vendor
+        )
+    finally:
+        await pool.close()
+    print(secret)
+    print(f"id={key.id} role={key.role} (the key is shown only now)", file=sys.stderr)
+    return 0
+
+
+async def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        from tierline.projector.replay import replay_command
+    except ImportError:
+        print("tierline replay: read models are not part of this build yet", file=sys.stderr)
+        return 2
+    return await replay_command(settings, args.projection)
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    settings = Settings()
+    if args.command == "dev":
+        from tierline.devstack.dev import run_dev
+
+        if args.data_dir is not None:
+            settings = settings.model_copy(update={"data_dir": args.data_dir})
+        settings = settings.model_copy(update={"api_port": args.port})
+        return await run_dev(settings, demo=args.demo)
+    if args.command in ROLE_HELP:
+        return await _run_role(settings, args.command)
+    if args.command == "migrate":
+        return await _migrate(settings)
+    if args.command == "keys":
+        return await _create_key(settings, args)
+    if args.command == "replay":
+        return await _replay(settings, args)
+    raise AssertionError(args.command)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        return asyncio.run(_dispatch(args))
+    except KeyboardInterrupt:
+        return 130
+    except OSError as exc:
+        print(f"tierline {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

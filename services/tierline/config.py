@@ -1,0 +1,55 @@
+"""Settings from the environment (prefix ``TIERLINE_``), with defaults for the embedded dev stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ISSUE_EVENTS_TOPIC = "tierline.issue-events.v1"
+
+
+class Settings(BaseSettings):
+    """Every knob of every role; one instance is built by the composition root."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERLINE_", extra="ignore")
+
+    database_url: str = "postgresql://tierline@127.0.0.1:5432/tierline"
+    db_pool_min: int = 2
+    db_pool_max: int = 20
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    kafka_topic: str = ISSUE_EVENTS_TOPIC
+    kafka_partitions: int = 12
+    # "auto" turns idempotence on unless the broker cannot do it (Tansu answers
+    # InitProducerId with an error); true/false force it.
+    kafka_idempotence: Literal["auto", "true", "false"] = "auto"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    api_max_body_bytes: int = 256 * 1024
+    public_base_url: str | None = None
+    bootstrap_admin_key: str | None = None
+    data_dir: Path = Path(".tierline")
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    relay_batch_size: int = 500
+    relay_poll_interval: float = 1.0
+    consumer_batch_size: int = 2000
+    webhooks_allow_private_targets: bool = False
+    webhooks_retry_schedule: list[float] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+    )
+    webhooks_timeout: float = 15.0
+    webhooks_per_subscription_concurrency: int = 4
+    sla_max_batch: int = 500
+
+    @field_validator("webhooks_retry_schedule", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        """Accept the comma-separated form the docs promise."""
+        if isinstance(value, str):
+            return [float(part) for part in value.split(",") if part.strip()]
+        if isinstance(value, int | float):
+            return [float(value)]
+        return value

@@ -1,0 +1,155 @@
+"""`tierline dev`: PostgreSQL and a broker as child processes, then every role in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+import structlog
+
+from tierline.config import Settings
+from tierline.devstack.postgres import PostgresServer
+from tierline.devstack.tansu import TansuBroker
+from tierline.eventlog.kafka import ensure_topic
+from tierline.store.api_keys import create_api_key, find_api_key
+from tierline.store.migrate import migrate_url
+from tierline.store.pool import create_pool
+
+log = structlog.get_logger(__name__)
+
+DATABASE = "tierline"
+
+
+async def _ensure_database(admin_dsn: str) -> str:
+    """Create the application database once; returns its URL."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", DATABASE)
+        if not exists:
+            await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + f"/{DATABASE}"
+
+
+async def _admin_key(settings: Settings, data_dir: Path) -> str:
+    """The bootstrap admin key: from the environment, or made once and kept in the data dir."""
+    key_file = data_dir / "admin.key"
+    key = settings.bootstrap_admin_key
+    if key is None and key_file.exists():
+        key = key_file.read_text().strip()
+    if key is None:
+        key = "tl_" + secrets.token_urlsafe(32)
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o600)
+    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    try:
+        if await find_api_key(pool, key) is None:
+            await create_api_key(pool, name="bootstrap-admin", role="admin", key=key)
+    finally:
+        await pool.close()
+    return key
+
+
+def _banner(settings: Settings, key: str, started: float) -> None:
+    url = f"http://{settings.api_host}:{settings.api_port}"
+    print(
+        "\n"
+        f"  Tierline is running ({time.monotonic() - started:.1f}s)\n"
+        f"  API        {url}   (OpenAPI: {url}/openapi.json)\n"
+        f"  Admin key  {key}\n"
+        f"  Try        curl -H 'Authorization: Bearer {key}' {url}/v1/vendors\n"
+        f"  Data       {settings.data_dir.resolve()}  (kept across restarts)\n"
+        "  Stop       Ctrl-C\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+async def run_dev(settings: Settings, *, demo: bool) -> int:
+    """Run the embedded stack until Ctrl-C or SIGTERM; every child is stopped on the way out."""
+    started = time.monotonic()
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    postgres = PostgresServer(data_dir / "pg")
+    # A fresh cluster id per start tells the relay and consumers that the in-memory log is new.
+    broker = TansuBroker(cluster_id=f"tierline-dev-{uuid.uuid4().hex[:12]}")
+    try:
+        await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(broker.start))
+        print(
+            "  The dev broker keeps its log in memory; on each start the relay refills it\n"
+            "  from the PostgreSQL event store, so issues and history survive restarts.",
+            file=sys.stderr,
+        )
+        database_url = await _ensure_database(postgres.dsn)
+        settings = settings.model_copy(
+            update={"database_url": database_url, "kafka_bootstrap": broker.bootstrap}
+        )
+        await migrate_url(database_url)
+        await ensure_topic(broker.bootstrap, settings.kafka_topic, settings.kafka_partitions)
+        key = await _admin_key(settings, data_dir)
+        return await _serve(settings, key, demo, stop, started, data_dir)
+    finally:
+        await asyncio.to_thread(broker.stop)
+        await asyncio.to_thread(postgres.stop)
+        (data_dir / "dev.json").unlink(missing_ok=True)
+
+
+async def _serve(
+    settings: Settings, key: str, demo: bool, stop: asyncio.Event, started: float, data_dir: Path
+) -> int:
+    from tierline.api.app import create_app  # noqa: F401  (fail early on import errors)
+    from tierline.roles import available_roles, run_roles
+
+    roles = asyncio.create_task(run_roles(settings, list(available_roles()), stop))
+    api_url = f"http://{settings.api_host}:{settings.api_port}"
+    await _wait_http(f"{api_url}/readyz", roles)
+    if demo:
+        from tierline.devstack.demo import seed_demo
+
+        await seed_demo(api_url, key)
+    (data_dir / "dev.json").write_text(
+        json.dumps(
+            {
+                "api_url": api_url,
+                "database_url": settings.database_url,
+                "kafka_bootstrap": settings.kafka_bootstrap,
+                "pid": os.getpid(),
+            },
+            indent=2,
+        )
+    )
+    _banner(settings, key, started)
+    await roles
+    return 0
+
+
+async def _wait_http(url: str, roles: asyncio.Task[None], timeout: float = 60.0) -> None:
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if roles.done():
+                roles.result()
+                raise RuntimeError("roles stopped before the API was ready")
+            try:
+                async with session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")

@@ -1,0 +1,1 @@
+"""Pure core: events, commands, decide/evolve, governance and business time. No I/O here."""

@@ -1,0 +1,1 @@
+"""aiokafka adapters: CloudEvents codec, producer/consumer settings, topic admin."""

@@ -1,0 +1,100 @@
+"""CloudEvents 1.0: Kafka binary mode for the log, structured JSON for HTTP and webhooks."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from tierline.store.event_store import StoredEvent
+
+SPEC_VERSION = "1.0"
+SOURCE = "/tierline"
+CONTENT_TYPE = "application/json"
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """An event as a consumer reads it from the log."""
+
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    time: datetime
+    data: dict[str, Any]
+    traceparent: str | None = None
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def to_kafka_record(event: StoredEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    """Key, value and headers of the binary-mode Kafka message for a stored event."""
+    headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", str(event.event_id).encode()),
+        ("ce_source", SOURCE.encode()),
+        ("ce_type", event.type.encode()),
+        ("ce_subject", event.stream_id.encode()),
+        ("ce_time", _iso(event.time).encode()),
+        ("ce_sequence", str(event.version).encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    if event.traceparent:
+        headers.append(("traceparent", event.traceparent.encode()))
+    return event.stream_id.encode(), event.data_json.encode(), headers
+
+
+def from_kafka_record(value: bytes, headers: list[tuple[str, bytes]]) -> LogEvent:
+    """Decode a binary-mode message; ValueError when a required attribute is missing."""
+    attrs = {k: v.decode() for k, v in headers}
+    try:
+        return LogEvent(
+            event_id=attrs["ce_id"],
+            stream_id=attrs["ce_subject"],
+            version=int(attrs["ce_sequence"]),
+            type=attrs["ce_type"],
+            time=datetime.fromisoformat(attrs["ce_time"].replace("Z", "+00:00")),
+            data=json.loads(value),
+            traceparent=attrs.get("traceparent"),
+        )
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a Tierline CloudEvent: {exc}") from exc
+
+
+def structured(
+    event_id: uuid.UUID | str,
+    stream_id: str,
+    version: int,
+    event_type: str,
+    time: datetime,
+    data: Any,
+) -> dict[str, Any]:
+    """The structured-mode JSON form (`application/cloudevents+json`)."""
+    return {
+        "specversion": SPEC_VERSION,
+        "id": str(event_id),
+        "source": SOURCE,
+        "type": event_type,
+        "subject": stream_id,
+        "time": _iso(time),
+        "sequence": str(version),
+        "datacontenttype": CONTENT_TYPE,
+        "data": data,
+    }
+
+
+def stored_to_structured(event: StoredEvent) -> dict[str, Any]:
+    """A stored event in structured form."""
+    return structured(
+        event.event_id,
+        event.stream_id,
+        event.version,
+        event.type,
+        event.time,
+        json.loads(event.data_json),
+    )

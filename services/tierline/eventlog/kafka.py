@@ -1,0 +1,105 @@
+"""Producer and consumer construction, topic admin, and the log's identity."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = structlog.get_logger(__name__)
+
+
+async def probe_idempotence(bootstrap: str, timeout: float = 10.0) -> bool:
+    """Whether the broker grants producer ids (Apache Kafka does; Tansu answers an error)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=True)
+    try:
+        await asyncio.wait_for(producer.start(), timeout)
+        # aiokafka asks for the producer id lazily, before the first batch.
+        await asyncio.wait_for(producer._sender._maybe_wait_for_pid(), timeout)
+        return True
+    except (KafkaError, TimeoutError) as exc:
+        log.info("kafka_idempotence_unavailable", error=repr(exc))
+        return False
+    finally:
+        try:
+            await asyncio.wait_for(producer.stop(), timeout)
+        except (KafkaError, TimeoutError):
+            pass
+
+
+async def resolve_idempotence(setting: str, bootstrap: str) -> bool:
+    """The idempotence setting: forced on/off, or probed when `auto`."""
+    if setting == "true":
+        return True
+    if setting == "false":
+        return False
+    return await probe_idempotence(bootstrap)
+
+
+def producer_options(bootstrap: str, idempotent: bool) -> dict[str, Any]:
+    """Settings for a producer that never loses an acknowledged write."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": bootstrap,
+        "acks": "all",
+        "enable_idempotence": idempotent,
+        "linger_ms": 2,
+        "max_batch_size": 256 * 1024,
+        "request_timeout_ms": 30_000,
+    }
+    return options
+
+
+async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
+    """Create the topic with infinite retention if missing; True when it was created now."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        if topic in await admin.list_topics():
+            return False
+        new = NewTopic(
+            name=topic,
+            num_partitions=partitions,
+            replication_factor=1,
+            topic_configs={"retention.ms": "-1"},
+        )
+        response = await admin.create_topics([new])
+        for _, code, *rest in response.topic_errors:
+            if code == TopicAlreadyExistsError.errno:
+                return False
+            if code != 0:
+                # Some brokers refuse retention configs; the topic still matters more.
+                log.warning("topic_create_with_config_failed", topic=topic, code=code, detail=rest)
+                plain = NewTopic(name=topic, num_partitions=partitions, replication_factor=1)
+                retry = await admin.create_topics([plain])
+                code = retry.topic_errors[0][1]
+                if code not in (0, TopicAlreadyExistsError.errno):
+                    raise RuntimeError(f"cannot create topic {topic}: error code {code}")
+                return code == 0
+        log.info("topic_created", topic=topic, partitions=partitions)
+        return True
+    finally:
+        await admin.close()
+
+
+async def cluster_identity(bootstrap: str) -> str:
+    """The broker cluster's id: a lost or fresh log comes back under another id."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        info = await admin.describe_cluster()
+        return str(info.get("cluster_id") or "unknown")
+    finally:
+        await admin.close()
+
+
+async def kafka_ready(bootstrap: str, timeout: float = 5.0) -> bool:
+    """A real metadata round trip to the broker."""
+    try:
+        await asyncio.wait_for(cluster_identity(bootstrap), timeout)
+        return True
+    except (KafkaError, TimeoutError, OSError):
+        return False

@@ -1,0 +1,1 @@
+"""The outbox relay: committed events to Kafka, in commit order per issue."""

@@ -1,0 +1,159 @@
+"""Publish committed, unpublished events to the log and mark them published after the ack."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaProducer
+from prometheus_client import Counter, Gauge
+
+from tierline.eventlog.cloudevents import to_kafka_record
+from tierline.eventlog.kafka import cluster_identity, ensure_topic, producer_options
+from tierline.store.event_store import StoredEvent
+
+log = structlog.get_logger(__name__)
+
+RELAY_LOCK_ID = 7_311_529_002
+CHANNEL = "tierline_events"
+
+UNPUBLISHED = """
+SELECT event_id, stream_id, version, type, time, data::text, traceparent, position
+FROM events WHERE published_at IS NULL ORDER BY position LIMIT $1
+"""
+MARK_PUBLISHED = "UPDATE events SET published_at = $2 WHERE position = ANY($1::bigint[])"
+OLDEST_UNPUBLISHED = "SELECT min(time) FROM events WHERE published_at IS NULL"
+RECORDED_IDENTITY = "SELECT identity FROM relay_log_identity WHERE topic = $1"
+RECORD_IDENTITY = """
+INSERT INTO relay_log_identity (topic, identity) VALUES ($1, $2)
+ON CONFLICT (topic) DO UPDATE SET identity = EXCLUDED.identity, recorded_at = now()
+"""
+FORGET_PUBLISHED = "UPDATE events SET published_at = NULL WHERE published_at IS NOT NULL"
+
+EVENTS_PUBLISHED = Counter("tierline_relay_events_published_total", "Events acked by the log")
+RELAY_LAG = Gauge("tierline_relay_lag_seconds", "Age of the oldest unpublished event")
+RELAY_LEADER = Gauge("tierline_relay_leader", "1 while this process is the active relay")
+LOG_REFILLS = Counter("tierline_relay_log_refills_total", "Times the whole store was republished")
+
+
+class Relay:
+    """One active relay at a time (advisory lock); the others stand by."""
+
+    def __init__(
+        self,
+        *,
+        database_url: str,
+        bootstrap: str,
+        topic: str,
+        partitions: int,
+        idempotent: bool,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._database_url = database_url
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._partitions = partitions
+        self._idempotent = idempotent
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wakeup = asyncio.Event()
+        self.is_leader = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Wait for leadership, then publish until `stop` is set; restart after failures."""
+        while not stop.is_set():
+            try:
+                await self._run_once(stop)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Exception) as exc:
+                if stop.is_set():
+                    break
+                log.warning("relay_failed", error=repr(exc))
+                await _sleep_or_stop(stop, 1.0)
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        conn = await asyncpg.connect(self._database_url)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
+                if await _sleep_or_stop(stop, self._poll_interval):
+                    return
+            self.is_leader = True
+            RELAY_LEADER.set(1)
+            log.info("relay_leader_acquired", topic=self._topic)
+            await self._check_log_identity(conn)
+            await conn.add_listener(CHANNEL, self._on_notify)
+            producer = AIOKafkaProducer(**producer_options(self._bootstrap, self._idempotent))
+            await producer.start()
+            try:
+                await self._publish_loop(conn, producer, stop)
+            finally:
+                await producer.stop()
+        finally:
+            self.is_leader = False
+            RELAY_LEADER.set(0)
+            with contextlib.suppress(Exception):
+                await asyncio.shield(conn.close())
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    async def _check_log_identity(self, conn: asyncpg.Connection) -> None:
+        """Refill the log from the store when the broker's log is not the one we published to."""
+        created = await ensure_topic(self._bootstrap, self._topic, self._partitions)
+        identity = await cluster_identity(self._bootstrap)
+        recorded = await conn.fetchval(RECORDED_IDENTITY, self._topic)
+        if created or recorded != identity:
+            async with conn.transaction():
+                status = await conn.execute(FORGET_PUBLISHED)
+                await conn.execute(RECORD_IDENTITY, self._topic, identity)
+            LOG_REFILLS.inc()
+            log.info(
+                "relay_log_refill",
+                topic=self._topic,
+                identity=identity,
+                previous=recorded,
+                topic_created=created,
+                events=int(status.split()[-1]),
+            )
+
+    async def _publish_loop(
+        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, stop: asyncio.Event
+    ) -> None:
+        while not stop.is_set():
+            self._wakeup.clear()
+            published = await self.publish_batch(conn, producer)
+            if published >= self._batch_size:
+                continue
+            oldest = await conn.fetchval(OLDEST_UNPUBLISHED)
+            RELAY_LAG.set(0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds())
+            waiter = asyncio.ensure_future(self._wakeup.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait(
+                {waiter, stopper}, timeout=self._poll_interval, return_when="FIRST_COMPLETED"
+            )
+            waiter.cancel()
+            stopper.cancel()
+
+    async def publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        """Send the next batch in position order, wait for every ack, then mark it published."""
+        rows = await conn.fetch(UNPUBLISHED, self._batch_size)
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            key, value, headers = to_kafka_record(StoredEvent(*row[:7]))
+            futures.append(await producer.send(self._topic, value=value, key=key, headers=headers))
+        await asyncio.gather(*futures)
+        await conn.execute(MARK_PUBLISHED, [row["position"] for row in rows], datetime.now(UTC))
+        EVENTS_PUBLISHED.inc(len(rows))
+        return len(rows)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep unless stopped first; True when stopped."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

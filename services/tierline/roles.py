@@ -1,0 +1,71 @@
+"""Composition root: builds each role from settings and runs it until asked to stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from tierline.config import Settings
+from tierline.eventlog.kafka import resolve_idempotence
+from tierline.store.migrate import migrate_url
+
+log = structlog.get_logger(__name__)
+
+Role = Callable[[Settings, asyncio.Event], Awaitable[None]]
+
+
+async def run_api(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve the HTTP API until stopped."""
+    from tierline.api.app import create_app
+
+    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
+    await site.start()
+    log.info("api_listening", host=settings.api_host, port=settings.api_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
+    """Publish committed events to the log."""
+    from tierline.relay.relay import Relay
+
+    idempotent = await resolve_idempotence(settings.kafka_idempotence, settings.kafka_bootstrap)
+    relay = Relay(
+        database_url=settings.database_url,
+        bootstrap=settings.kafka_bootstrap,
+        topic=settings.kafka_topic,
+        partitions=settings.kafka_partitions,
+        idempotent=idempotent,
+        batch_size=settings.relay_batch_size,
+        poll_interval=settings.relay_poll_interval,
+    )
+    await relay.run(stop)
+
+
+ROLES: dict[str, Role] = {"api": run_api, "relay": run_relay}
+
+
+def available_roles() -> dict[str, Role]:
+    """Every role this build can run."""
+    return dict(ROLES)
+
+
+async def run_roles(settings: Settings, names: list[str], stop: asyncio.Event) -> None:
+    """Migrate, then run the named roles side by side; one failing stops them all."""
+    await migrate_url(settings.database_url)
+    roles = available_roles()
+    tasks = [asyncio.create_task(roles[name](settings, stop), name=name) for name in names]
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    for task in done:
+        if not task.cancelled() and task.exception() is not None:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise task.exception()  # type: ignore[misc]
+    await asyncio.gather(*tasks)

@@ -1,0 +1,1 @@
+"""asyncpg adapters: pool, migrations, the write side and read queries."""
