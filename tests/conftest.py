@@ -75,3 +75,12 @@ def broker(request: pytest.FixtureRequest) -> tuple[str, str]:
 def topic() -> str:
     """A topic name no other test uses."""
     return f"test.{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def stack(database_url: str, tansu: str, topic: str) -> AsyncIterator[object]:
+    """Every available role running in-process on a fresh database and topic (Tansu)."""
+    from tests.fixtures.stack import running_stack, stack_settings
+
+    async with running_stack(stack_settings(database_url, tansu, topic)) as running:
+        yield running

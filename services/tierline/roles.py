@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import importlib.util
 from collections.abc import Awaitable, Callable
 
 import structlog
@@ -50,11 +52,22 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
 
 
 ROLES: dict[str, Role] = {"api": run_api, "relay": run_relay}
+# Roles of later capabilities, as "module:function"; a role is available once its module ships.
+ROLE_ENTRY_POINTS = {
+    "projector": "tierline.projector.role:run_projector",
+    "sla": "tierline.sla.role:run_sla",
+    "webhooks": "tierline.webhooks.role:run_webhooks",
+}
 
 
 def available_roles() -> dict[str, Role]:
     """Every role this build can run."""
-    return dict(ROLES)
+    roles = dict(ROLES)
+    for name, target in ROLE_ENTRY_POINTS.items():
+        module_name, _, attr = target.partition(":")
+        if importlib.util.find_spec(module_name) is not None:
+            roles[name] = getattr(importlib.import_module(module_name), attr)
+    return roles
 
 
 async def run_roles(settings: Settings, names: list[str], stop: asyncio.Event) -> None:

@@ -1,10 +1,23 @@
-"""Route tables contributed by later capabilities (read models, webhooks), in one place."""
+"""Route tables contributed by the read-model and webhook capabilities, in one place."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 from tierline.api.registry import RouteTable
+
+EXTENSION_MODULES = ("tierline.projector.api", "tierline.webhooks.api")
 
 
 def route_tables() -> list[RouteTable]:
-    """Additional route tables to install."""
-    return []
+    """The `routes` table of every extension module present in this build."""
+    tables = []
+    for name in EXTENSION_MODULES:
+        if importlib.util.find_spec(name.rsplit(".", 1)[0]) is None:
+            continue
+        if importlib.util.find_spec(name) is not None:
+            routes = importlib.import_module(name).routes
+            assert isinstance(routes, RouteTable)
+            tables.append(routes)
+    return tables

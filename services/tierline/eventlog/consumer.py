@@ -1,0 +1,266 @@
+"""A consumer group member whose effects and offsets commit in one PostgreSQL transaction.
+
+Exactly-once in effect: each batch from `getmany` is applied by a `BatchHandler` inside one
+transaction together with the next offset per partition (stored in `consumer_offsets`, not in
+Kafka). Events whose `(stream_id, version)` the consumer applied already are skipped, so a
+redelivered batch, a rebalance or a refilled log changes nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import Counter, Gauge, Histogram
+
+from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
+from tierline.eventlog.kafka import cluster_identity
+
+log = structlog.get_logger(__name__)
+
+EVENTS_APPLIED = Counter(
+    "tierline_consumer_events_applied_total", "Events applied", ["consumer"]
+)
+EVENTS_SKIPPED = Counter(
+    "tierline_consumer_events_skipped_total", "Events skipped as already applied", ["consumer"]
+)
+VERSION_GAPS = Counter(
+    "tierline_consumer_version_gaps_total", "Events that arrived after a missing version",
+    ["consumer"],
+)
+BATCH_SIZE = Histogram(
+    "tierline_consumer_batch_size", "Events per applied batch", ["consumer"],
+    buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+)
+LAG = Gauge("tierline_consumer_lag", "Messages behind the log end", ["consumer", "partition"])
+FRESHNESS = Histogram(
+    "tierline_consumer_event_age_seconds", "Time from event time to applied", ["consumer"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+
+LOAD_OFFSETS = """
+SELECT partition, next_offset, log_identity FROM consumer_offsets
+WHERE consumer = $1 AND topic = $2 AND partition = ANY($3::int[])
+"""
+SAVE_OFFSETS = """
+INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, log_identity)
+SELECT $1, $2, p, o, $5 FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
+ON CONFLICT (consumer, topic, partition) DO UPDATE
+    SET next_offset = EXCLUDED.next_offset, log_identity = EXCLUDED.log_identity, updated_at = now()
+"""
+CLAIM_STREAMS = """
+INSERT INTO consumer_stream_versions (consumer, stream_id, version)
+SELECT $1, s, 0 FROM unnest($2::text[]) AS t(s) ORDER BY s
+ON CONFLICT DO NOTHING
+"""
+LOCK_STREAMS = """
+SELECT stream_id, version FROM consumer_stream_versions
+WHERE consumer = $1 AND stream_id = ANY($2::text[]) ORDER BY stream_id FOR UPDATE
+"""
+SAVE_STREAMS = """
+UPDATE consumer_stream_versions AS c SET version = t.v
+FROM unnest($2::text[], $3::int[]) AS t(s, v)
+WHERE c.consumer = $1 AND c.stream_id = t.s
+"""
+
+
+class BatchHandler(Protocol):
+    """What a consumer does with new events, inside the batch's transaction."""
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
+        """Apply events (in log order, duplicates removed) using `conn`."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A decoded message with its place in the log."""
+
+    partition: int
+    offset: int
+    event: LogEvent
+
+
+async def apply_batch(
+    conn: asyncpg.Connection,
+    consumer: str,
+    topic: str,
+    identity: str,
+    records: Sequence[Record],
+    handler: BatchHandler,
+) -> int:
+    """Apply one batch and its offsets in one transaction; returns how many events were new."""
+    streams = sorted({r.event.stream_id for r in records})
+    async with conn.transaction():
+        await conn.execute(CLAIM_STREAMS, consumer, streams)
+        applied = dict(await conn.fetch(LOCK_STREAMS, consumer, streams))
+        fresh: list[LogEvent] = []
+        for record in records:
+            event = record.event
+            done = applied[event.stream_id]
+            if event.version <= done:
+                continue
+            if event.version != done + 1:
+                VERSION_GAPS.labels(consumer).inc()
+                log.warning(
+                    "consumer_version_gap",
+                    consumer=consumer,
+                    stream_id=event.stream_id,
+                    expected=done + 1,
+                    got=event.version,
+                )
+            applied[event.stream_id] = event.version
+            fresh.append(event)
+        if fresh:
+            await handler.apply(conn, fresh)
+            touched = {e.stream_id for e in fresh}
+            await conn.execute(
+                SAVE_STREAMS, consumer, list(touched), [applied[s] for s in touched]
+            )
+        next_offsets: dict[int, int] = {}
+        for record in records:
+            next_offsets[record.partition] = max(
+                next_offsets.get(record.partition, 0), record.offset + 1
+            )
+        await conn.execute(
+            SAVE_OFFSETS,
+            consumer,
+            topic,
+            list(next_offsets),
+            list(next_offsets.values()),
+            identity,
+        )
+    EVENTS_APPLIED.labels(consumer).inc(len(fresh))
+    EVENTS_SKIPPED.labels(consumer).inc(len(records) - len(fresh))
+    return len(fresh)
+
+
+class _SeekFromStore(ConsumerRebalanceListener):  # type: ignore[misc]
+    """On assignment, position each partition at the offset stored in PostgreSQL."""
+
+    def __init__(self, owner: LogConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        """Nothing to flush: offsets are written with each batch."""
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Seek to stored offsets; from the start when the log is new or unknown to us."""
+        await self._owner.seek_assigned(assigned)
+
+
+class LogConsumer:
+    """Runs a `BatchHandler` over the issue-events topic as member of a consumer group."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        pool: asyncpg.Pool,
+        bootstrap: str,
+        topic: str,
+        handler: BatchHandler,
+        batch_size: int = 2000,
+        group_id: str | None = None,
+        poll_timeout_ms: int = 200,
+    ) -> None:
+        self.name = name
+        self._pool = pool
+        self._bootstrap = bootstrap
+        self._topic = topic
+        self._handler = handler
+        self._batch_size = batch_size
+        self._group_id = group_id or f"tierline.{name}"
+        self._poll_timeout_ms = poll_timeout_ms
+        self._identity = ""
+        self._consumer: AIOKafkaConsumer | None = None
+        self.assigned: set[int] = set()
+
+    async def seek_assigned(self, assigned: list[TopicPartition]) -> None:
+        """Position newly assigned partitions from the offsets stored with our effects."""
+        consumer = self._consumer
+        assert consumer is not None
+        mine = [tp for tp in assigned if tp.topic == self._topic]
+        self.assigned = {tp.partition for tp in mine}
+        rows = await self._pool.fetch(
+            LOAD_OFFSETS, self.name, self._topic, [tp.partition for tp in mine]
+        )
+        stored = {r["partition"]: (r["next_offset"], r["log_identity"]) for r in rows}
+        for tp in mine:
+            offset, identity = stored.get(tp.partition, (0, self._identity))
+            if identity != self._identity:
+                # The log was lost and refilled: read it again; applied events are skipped.
+                log.info("consumer_log_changed", consumer=self.name, partition=tp.partition)
+                offset = 0
+            consumer.seek(tp, offset)
+        log.info("consumer_assigned", consumer=self.name, partitions=sorted(self.assigned))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop`; reconnect after broker or database failures."""
+        while not stop.is_set():
+            try:
+                await self._run_once(stop)
+            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if stop.is_set():
+                    break
+                log.warning("consumer_failed", consumer=self.name, error=repr(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _run_once(self, stop: asyncio.Event) -> None:
+        self._identity = await cluster_identity(self._bootstrap)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._batch_size,
+            fetch_max_bytes=16 * 1024 * 1024,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        self._consumer = consumer
+        consumer.subscribe([self._topic], listener=_SeekFromStore(self))
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                await self.poll_once(consumer)
+        finally:
+            self.assigned = set()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(consumer.stop())
+
+    async def poll_once(self, consumer: AIOKafkaConsumer) -> int:
+        """Fetch one batch and apply it; returns the number of messages read."""
+        batches = await consumer.getmany(
+            timeout_ms=self._poll_timeout_ms, max_records=self._batch_size
+        )
+        records: list[Record] = []
+        for tp, messages in batches.items():
+            for msg in messages:
+                try:
+                    event = from_kafka_record(msg.value, list(msg.headers))
+                except ValueError as exc:
+                    log.error("consumer_undecodable", partition=tp.partition, offset=msg.offset,
+                              error=str(exc))
+                    continue
+                records.append(Record(tp.partition, msg.offset, event))
+            if messages:
+                end = consumer.highwater(tp)
+                if end is not None:
+                    LAG.labels(self.name, str(tp.partition)).set(end - messages[-1].offset - 1)
+        if not records:
+            return 0
+        started = time.time()
+        async with self._pool.acquire() as conn:
+            await apply_batch(conn, self.name, self._topic, self._identity, records, self._handler)
+        BATCH_SIZE.labels(self.name).observe(len(records))
+        for record in records[-1:]:
+            FRESHNESS.labels(self.name).observe(max(0.0, started - record.event.time.timestamp()))
+        return len(records)
