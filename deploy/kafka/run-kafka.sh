@@ -14,6 +14,7 @@
 #                             $TIERLINE_KAFKA_CACHE/kafka-<version>/libs
 #   TIERLINE_KAFKA_LOG_LEVEL  root log level of the broker (default WARN)
 #   TIERLINE_KAFKA_HEAP       max heap (default 512m)
+#   TIERLINE_KAFKA_JAVA_OPTS  extra JVM flags, appended (so they override ours)
 #   JAVA / MVN                java / mvn executables (default: from PATH)
 set -euo pipefail
 
@@ -25,7 +26,7 @@ die() { echo "run-kafka.sh: error: $*" >&2; exit 2; }
 log() { echo "run-kafka.sh: $*" >&2; }
 
 usage() {
-    sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 PORT=""
@@ -75,10 +76,13 @@ assemble() {
         log "assembling Kafka $KAFKA_VERSION jars into $LIBS (first run only)..."
         local tmp="$KAFKA_HOME/libs.tmp.$$"
         rm -rf "$tmp" "$STAMP"
+        # (sed strips the stray ANSI resets Maven 3.8 prints even in batch mode;
+        # pipefail keeps mvn's exit status.)
         if ! "$MVN" -q -B -Dstyle.color=never -f "$POM" \
                 -Dkafka.version="$KAFKA_VERSION" \
                 dependency:copy-dependencies \
-                -DincludeScope=runtime -DoutputDirectory="$tmp" >&2; then
+                -DincludeScope=runtime -DoutputDirectory="$tmp" 2>&1 \
+                | sed -e 's/\x1b\[[0-9;]*m//g' -e '/^$/d' >&2; then
             rm -rf "$tmp"
             die "mvn dependency:copy-dependencies failed (see output above)"
         fi
@@ -193,6 +197,11 @@ JAVA_OPTS=(
     "-Dlog4j2.configurationFile=$LOG4J_CONFIG"
     "-Dkafka.logs.dir=$DATA_DIR/logs"
 )
+# Extra JVM flags (e.g. "-XX:TieredStopAtLevel=4" for long soaks); later flags win.
+if [[ -n "${TIERLINE_KAFKA_JAVA_OPTS:-}" ]]; then
+    read -r -a EXTRA_JAVA_OPTS <<< "$TIERLINE_KAFKA_JAVA_OPTS"
+    JAVA_OPTS+=("${EXTRA_JAVA_OPTS[@]}")
+fi
 
 # Format storage once per data dir (a restart on the same dir keeps its data).
 if [[ ! -f "$LOG_DIRS/meta.properties" ]]; then

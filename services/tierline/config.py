@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ISSUE_EVENTS_TOPIC = "tierline.issue-events.v1"
 
@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     relay_poll_interval: float = 1.0
     consumer_batch_size: int = 2000
     webhooks_allow_private_targets: bool = False
-    webhooks_retry_schedule: list[float] = Field(
+    # NoDecode: the env value is the comma-separated form, not JSON (see _split_schedule).
+    webhooks_retry_schedule: Annotated[list[float], NoDecode] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
     )
     webhooks_timeout: float = 15.0

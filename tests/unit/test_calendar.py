@@ -82,11 +82,11 @@ def test_unknown_zone_is_rejected_with_its_name() -> None:
         ({"mon": ["09:00", "24:30"]}, "HH:MM"),
         ({"mon": ["09:00", "25:00"]}, "HH:MM"),
         ({"monday": ["09:00", "17:00"]}, "mon"),
-        ({"mon": ["09:00"]}, ""),
-        ({"mon": ["09:00", "12:00", "17:00"]}, ""),
+        ({"mon": ["09:00"]}, None),
+        ({"mon": ["09:00", "12:00", "17:00"]}, None),
     ],
 )
-def test_invalid_hours_are_rejected(hours: Any, message: str) -> None:
+def test_invalid_hours_are_rejected(hours: Any, message: str | None) -> None:
     with pytest.raises(ValidationError, match=message):
         CalendarSpec(hours=hours)
 
@@ -246,8 +246,9 @@ def test_office_hours_deadline_across_a_dst_weekend(
     assert cal.add(friday_4pm, 8 * HOUR) == monday_4pm
     assert cal.between(friday_4pm, monday_4pm) == 8 * HOUR
     assert cal.is_business_time(friday_4pm)
-    assert not cal.is_business_time(monday_4pm)
-    assert cal.is_business_time(monday_4pm - MICRO)
+    assert cal.is_business_time(monday_4pm)
+    assert not cal.is_business_time(monday_4pm + timedelta(hours=1))  # 17:00 local, closed
+    assert cal.is_business_time(monday_4pm + timedelta(hours=1) - MICRO)
 
 
 # --- shapes of calendars --------------------------------------------------------------------
@@ -346,27 +347,32 @@ def _clock(minutes: int) -> str:
     return f"{minutes // 60:02d}:{minutes % 60:02d}"
 
 
+# Strategies are built once: constructing them inside each draw dominated the run time.
+_day_points = st.lists(st.integers(0, 96).map(lambda q: q * 15), unique=True, max_size=6)
+_holiday_lists = st.lists(st.dates(date(2025, 12, 1), date(2027, 3, 1)), max_size=12)
+
+
 @st.composite
 def day_hours(draw: st.DrawFn) -> Any:
     """One day's hours in either API shape, with endpoints often inside DST gaps and folds."""
-    points = sorted(
-        draw(st.lists(st.integers(0, 96).map(lambda q: q * 15), unique=True, max_size=6))
-    )
+    points = sorted(draw(_day_points))
     pairs = [[_clock(a), _clock(b)] for a, b in zip(points[::2], points[1::2], strict=False)]
     if len(pairs) == 1 and draw(st.booleans()):
         return pairs[0]
     return pairs
 
 
+_week_hours = st.dictionaries(st.sampled_from(WEEKDAYS), day_hours(), min_size=1)
+
+
 @st.composite
 def specs(draw: st.DrawFn) -> CalendarSpec:
     """A random calendar with some business hours."""
     zone = draw(st.sampled_from(ZONES))
-    holidays = draw(st.lists(st.dates(date(2025, 12, 1), date(2027, 3, 1)), max_size=12))
+    holidays = draw(_holiday_lists)
     if draw(st.integers(0, 5)) == 0:
         return CalendarSpec(timezone=zone, holidays=holidays)
-    hours = draw(st.dictionaries(st.sampled_from(WEEKDAYS), day_hours(), min_size=1))
-    spec = CalendarSpec(timezone=zone, hours=hours, holidays=holidays)
+    spec = CalendarSpec(timezone=zone, hours=draw(_week_hours), holidays=holidays)
     has_hours = any(h for h in spec.model_dump()["hours"].values())
     return spec if has_hours else CalendarSpec(timezone=zone, hours={"wed": ["02:00", "03:30"]})
 
@@ -415,7 +421,7 @@ def test_between_undoes_add(spec: CalendarSpec, start: datetime, seconds: float)
     assert due.tzinfo is UTC
     elapsed = cal.between(start, due)
     assert seconds - 1e-9 <= elapsed <= seconds + 1e-6
-    if seconds > 0:
+    if due > start:
         # The earliest instant: one microsecond before, the target was not yet reached.
         assert cal.between(start, due - MICRO) < seconds
         assert cal.is_business_time(due - MICRO)

@@ -29,7 +29,7 @@ from tierline.store.idempotency import IdempotencyKeyReused
 
 routes = RouteTable()
 WRITERS = ("admin", "integration", "vendor")
-TRACEPARENT_KEY = "tierline.traceparent"
+TRACEPARENT_KEY = web.RequestKey("traceparent", str)
 
 
 def _etag(version: int) -> str:

@@ -17,7 +17,7 @@ from tierline.service_layer.issues import Principal
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
-PRINCIPAL_KEY = "tierline.principal"
+PRINCIPAL_KEY = web.RequestKey("principal", Principal)
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,6 @@ def principal(request: web.Request) -> Principal:
     who = request.get(PRINCIPAL_KEY)
     if who is None:
         raise Problem(401, "unauthenticated", "send Authorization: Bearer <api key>")
-    assert isinstance(who, Principal)
     return who
 
 

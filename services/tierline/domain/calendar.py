@@ -236,29 +236,23 @@ class BusinessCalendar:
         return _instant(micros).astimezone(self._zone).toordinal()
 
     def _spans(self, first: int, last: int | None) -> Iterator[tuple[int, int]]:
-        """Merged, ordered UTC business spans of local days first..last (endless if None)."""
-        pending: tuple[int, int] | None = None
+        """Disjoint, ordered UTC business spans of local days first..last (endless if None)."""
+        covered = -(2**63)
         empty_run = 0
         day = first
         while last is None or day <= last:
             spans = self._day_spans(day)
             empty_run = 0 if spans else empty_run + 1
             if last is None and empty_run > _HORIZON_DAYS:
-                if pending is not None:
-                    yield pending  # the caller may not need anything further
                 raise ValueError("calendar has no business hours")
             for low, high in spans:
-                if pending is None:
-                    pending = (low, high)
-                elif low <= pending[1]:
-                    # Fall-back folds (and ambiguous midnights) make spans overlap; merge them.
-                    pending = (pending[0], max(pending[1], high))
-                else:
-                    yield pending
-                    pending = (low, high)
+                # Starts never decrease, but fall-back folds (and ambiguous midnights) make a
+                # span overlap the one before; trimming counts that time once, lazily.
+                low = max(low, covered)
+                if high > low:
+                    yield low, high
+                    covered = high
             day += 1
-        if pending is not None:
-            yield pending
 
     def _day_spans(self, ordinal: int) -> tuple[tuple[int, int], ...]:
         """The UTC spans (microseconds) of one local date's business intervals, cached."""

@@ -112,6 +112,15 @@ def retarget_clock(
         return clock
     within = policy.respond_within if clock.kind == "respond" else policy.resolve_within
     target = within.total_seconds()
+    unchanged = (
+        target == clock.target_seconds
+        and list(policy.warn_at) == clock.warn_at
+        and policy.auto_escalate == clock.auto_escalate
+    )
+    if unchanged:
+        # Re-basing running_since would change the clock without changing its deadline and
+        # turn every policy change into an event on every open issue.
+        return clock
     update: dict[str, object] = {
         "target_seconds": target,
         "warn_at": list(policy.warn_at),

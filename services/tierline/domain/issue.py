@@ -145,9 +145,12 @@ def _(command: c.ChangePriority, state: Issue, now: datetime, rules: Rules) -> l
 
 
 def _move_tier(state: Issue, to_tier: int, now: datetime, rules: Rules) -> list[Clock]:
-    """The new tier's clocks; they replace the old tier's, which stop counting."""
+    """The old tier's clocks stopped (a breached one stays breached), then the new tier's."""
+    # The ended clocks stay in the list so the issue and the read models keep each tier's
+    # outcome; dropping them would leave consumers with a clock that silently vanished.
+    ended = [end_clock(k, now, rules.calendar, "stopped") for k in state.clocks]
     new, _ = _new_clocks(to_tier, state.priority, state.clock_seq, now, rules)
-    return new
+    return [*ended, *new]
 
 
 def _escalation(
@@ -212,7 +215,7 @@ def _(command: c.Resolve, state: Issue, now: datetime, rules: Rules) -> list[e.E
 def _(command: c.Reopen, state: Issue, now: datetime, rules: Rules) -> list[e.Event]:
     _require(state, "reopen", "resolved")
     clocks, _ = _new_clocks(state.tier, state.priority, state.clock_seq, now, rules)
-    return [e.Reopened(reason=command.reason, clocks=clocks)]
+    return [e.Reopened(reason=command.reason, clocks=[*state.clocks, *clocks])]
 
 
 @_decide.register

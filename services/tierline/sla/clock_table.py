@@ -1,0 +1,296 @@
+"""The clock table: one row per live SLA clock with `next_fire_at`, kept from the issue events.
+
+Every issue event carries the issue's clocks after it, so the rows of an issue are simply
+replaced by the newest clocks seen. Two writers keep them: the log consumer (this module's
+`ClockTable` as a `BatchHandler`) and the scanner, which stores the snapshot a command returned
+so the next threshold is scheduled without waiting for the round trip through the log. A
+per-issue version decides: rows only move forward, whoever writes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import structlog
+from prometheus_client import Counter
+
+from tierline.domain.calendar import TWENTY_FOUR_SEVEN, BusinessCalendar
+from tierline.domain.clocks import Clock, next_fire_at
+from tierline.domain.events import (
+    EVENT_TYPE_PREFIX,
+    Escalated,
+    PolicyChanged,
+    SlaBreached,
+    SlaWarning,
+)
+from tierline.eventlog.cloudevents import LogEvent
+from tierline.service_layer.reference import ReferenceData
+
+log = structlog.get_logger(__name__)
+
+NOTIFY_CHANNEL = "tierline_sla"
+POLICY_CHANGED_TYPE = PolicyChanged.event_type()
+WARNING_TYPE = SlaWarning.event_type()
+BREACH_TYPE = SlaBreached.event_type()
+ESCALATED_TYPE = Escalated.event_type()
+
+CLOCK_STATES_STORED = Counter(
+    "tierline_sla_clock_states_stored_total",
+    "Issue clock states written to the clock table",
+    ["source"],
+)
+SLA_EVENTS_SEEN = Counter(
+    "tierline_sla_events_seen_total",
+    "SLA outcomes read back from the log (warnings, breaches, automatic escalations)",
+    ["type"],
+)
+
+# Rows move forward only: a state older than the one stored is ignored.
+ADVANCE_ISSUES = """
+INSERT INTO sla_issues (issue_id, vendor_id, version)
+SELECT * FROM unnest($1::text[], $2::text[], $3::int[])
+ORDER BY 1
+ON CONFLICT (issue_id) DO UPDATE
+    SET version = EXCLUDED.version, vendor_id = EXCLUDED.vendor_id, updated_at = now()
+    WHERE sla_issues.version < EXCLUDED.version
+RETURNING issue_id
+"""
+DELETE_ENDED = """
+DELETE FROM sla_clocks AS c
+WHERE c.issue_id = ANY($1::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(issue_id, clock_id)
+      WHERE k.issue_id = c.issue_id AND k.clock_id = c.clock_id
+  )
+"""
+# A claimed row keeps its lease while its next action is unchanged, so an unrelated event
+# (a comment, an assignment) does not hand the same clock to a second worker.
+UPSERT_CLOCKS = """
+INSERT INTO sla_clocks (
+    issue_id, clock_id, vendor_id, kind, tier, state, due_at, fire_at, threshold, next_fire_at
+)
+SELECT k.*, k.fire_at
+FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+    $7::timestamptz[], $8::timestamptz[], $9::float8[]
+) AS k(issue_id, clock_id, vendor_id, kind, tier, state, due_at, fire_at, threshold)
+ORDER BY 1, 2
+ON CONFLICT (issue_id, clock_id) DO UPDATE SET
+    vendor_id = EXCLUDED.vendor_id,
+    kind = EXCLUDED.kind,
+    tier = EXCLUDED.tier,
+    state = EXCLUDED.state,
+    due_at = EXCLUDED.due_at,
+    fire_at = EXCLUDED.fire_at,
+    threshold = EXCLUDED.threshold,
+    next_fire_at = CASE
+        WHEN sla_clocks.fire_at IS NOT DISTINCT FROM EXCLUDED.fire_at
+         AND sla_clocks.threshold IS NOT DISTINCT FROM EXCLUDED.threshold
+        THEN sla_clocks.next_fire_at ELSE EXCLUDED.fire_at END,
+    attempts = CASE
+        WHEN sla_clocks.fire_at IS NOT DISTINCT FROM EXCLUDED.fire_at
+         AND sla_clocks.threshold IS NOT DISTINCT FROM EXCLUDED.threshold
+        THEN sla_clocks.attempts ELSE 0 END
+"""
+NOTIFY = "SELECT pg_notify($1, '')"
+STREAM_VENDORS = "SELECT stream_id, vendor_id FROM streams WHERE stream_id = ANY($1::text[])"
+QUEUE_RECOMPUTE = """
+INSERT INTO sla_recompute (issue_id, policy_version)
+SELECT DISTINCT issue_id, $1::int FROM sla_clocks ORDER BY 1
+ON CONFLICT (issue_id) DO UPDATE
+    SET policy_version = GREATEST(sla_recompute.policy_version, EXCLUDED.policy_version),
+        next_attempt_at = now(), attempts = 0
+"""
+
+CalendarFor = Callable[[str], Awaitable[BusinessCalendar]]
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    # What pool.acquire() hands out, besides plain connections.
+    Conn = asyncpg.Connection | PoolConnectionProxy[Any]
+
+
+@dataclass(frozen=True)
+class IssueClocks:
+    """An issue's clocks as of one stream version."""
+
+    issue_id: str
+    vendor_id: str
+    version: int
+    clocks: Sequence[Clock]
+
+
+@dataclass(frozen=True)
+class ClockRow:
+    """One live clock as the table stores it."""
+
+    issue_id: str
+    clock_id: str
+    vendor_id: str
+    kind: str
+    tier: int
+    state: str
+    due_at: datetime | None
+    fire_at: datetime | None
+    threshold: float | None
+
+
+def clock_rows(state: IssueClocks, calendar: BusinessCalendar) -> list[ClockRow]:
+    """The rows for an issue's live clocks; a paused clock has a row but nothing to fire."""
+    rows = []
+    for clock in state.clocks:
+        if not clock.is_live:
+            continue
+        try:
+            fire = next_fire_at(clock, calendar)
+        except ValueError:
+            # A calendar without hours cannot schedule; the breach still fires at due_at.
+            fire = None if clock.due_at is None else (clock.due_at, None)
+        rows.append(
+            ClockRow(
+                issue_id=state.issue_id,
+                clock_id=clock.id,
+                vendor_id=state.vendor_id,
+                kind=clock.kind,
+                tier=clock.tier,
+                state=clock.state,
+                due_at=clock.due_at,
+                fire_at=None if fire is None else fire[0],
+                threshold=None if fire is None else fire[1],
+            )
+        )
+    return rows
+
+
+async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: CalendarFor) -> int:
+    """Replace the rows of issues whose state is newer than the stored one; returns how many.
+
+    Call inside a transaction. Wakes the scanners when a fire time was written.
+    """
+    newest: dict[str, IssueClocks] = {}
+    for state in states:
+        known = newest.get(state.issue_id)
+        if known is None or known.version < state.version:
+            newest[state.issue_id] = state
+    if not newest:
+        return 0
+    ordered = sorted(newest.values(), key=lambda s: s.issue_id)
+    advanced = await conn.fetch(
+        ADVANCE_ISSUES,
+        [s.issue_id for s in ordered],
+        [s.vendor_id for s in ordered],
+        [s.version for s in ordered],
+    )
+    accepted = [newest[r["issue_id"]] for r in advanced]
+    if not accepted:
+        return 0
+    rows: list[ClockRow] = []
+    for state in accepted:
+        rows.extend(clock_rows(state, await calendar_for(state.vendor_id)))
+    await conn.execute(
+        DELETE_ENDED,
+        [s.issue_id for s in accepted],
+        [r.issue_id for r in rows],
+        [r.clock_id for r in rows],
+    )
+    if rows:
+        await conn.execute(UPSERT_CLOCKS, *_columns(rows))
+    if any(r.fire_at is not None for r in rows):
+        await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+    return len(accepted)
+
+
+def _columns(rows: Sequence[ClockRow]) -> list[list[object]]:
+    """The rows as the column arrays UPSERT_CLOCKS unnests."""
+    return [
+        [r.issue_id for r in rows],
+        [r.clock_id for r in rows],
+        [r.vendor_id for r in rows],
+        [r.kind for r in rows],
+        [r.tier for r in rows],
+        [r.state for r in rows],
+        [r.due_at for r in rows],
+        [r.fire_at for r in rows],
+        [r.threshold for r in rows],
+    ]
+
+
+class ClockTable:
+    """The SLA consumer's `BatchHandler`: clock rows, and recomputes queued on policy changes."""
+
+    def __init__(self, reference: ReferenceData) -> None:
+        self._reference = reference
+
+    async def calendar_for(self, vendor_id: str) -> BusinessCalendar:
+        """The vendor's business calendar, as the write path uses it (24x7 if unknown)."""
+        rules = await self._reference.rules_for(vendor_id)
+        if rules is None:
+            log.warning("sla_unknown_vendor", vendor_id=vendor_id)
+            return BusinessCalendar(TWENTY_FOUR_SEVEN)
+        return rules.calendar
+
+    async def store(self, conn: Conn, states: Sequence[IssueClocks]) -> int:
+        """Store issue clock states outside the log (the scanner's command results)."""
+        async with conn.transaction():
+            stored = await store_clocks(conn, states, self.calendar_for)
+        CLOCK_STATES_STORED.labels("command").inc(stored)
+        return stored
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
+        """Apply a batch of log events inside the consumer's transaction."""
+        latest: dict[str, tuple[int, list[object], str | None]] = {}
+        policy_version: int | None = None
+        for event in events:
+            if event.type == POLICY_CHANGED_TYPE:
+                version = int(event.data.get("policy_version", 0))
+                policy_version = max(policy_version or 0, version)
+                continue
+            if not event.type.startswith(EVENT_TYPE_PREFIX):
+                continue
+            _count_outcome(event)
+            raw = event.data.get("clocks")
+            if raw is not None:
+                latest[event.stream_id] = (event.version, raw, event.data.get("vendor_id"))
+        if latest:
+            states = await self._states(conn, latest)
+            stored = await store_clocks(conn, states, self.calendar_for)
+            CLOCK_STATES_STORED.labels("log").inc(stored)
+        if policy_version is not None:
+            # Queued in this transaction, so a crash cannot lose the recompute.
+            status = await conn.execute(QUEUE_RECOMPUTE, policy_version)
+            await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+            log.info(
+                "sla_recompute_queued",
+                policy_version=policy_version,
+                issues=int(status.split()[-1]),
+            )
+
+    async def _states(
+        self, conn: asyncpg.Connection, latest: dict[str, tuple[int, list[object], str | None]]
+    ) -> list[IssueClocks]:
+        """Decode the newest clocks per issue, with each issue's vendor."""
+        rows = await conn.fetch(STREAM_VENDORS, list(latest))
+        vendors: dict[str, str] = {r["stream_id"]: r["vendor_id"] for r in rows}
+        states = []
+        for issue_id, (version, raw, opened_vendor) in latest.items():
+            vendor_id = vendors.get(issue_id) or opened_vendor
+            if vendor_id is None:
+                log.warning("sla_issue_without_vendor", issue_id=issue_id, version=version)
+                continue
+            clocks = [Clock.model_validate(k) for k in raw]
+            states.append(IssueClocks(issue_id, vendor_id, version, clocks))
+        return states
+
+
+def _count_outcome(event: LogEvent) -> None:
+    """Count warnings, breaches and automatic escalations as they reach the log."""
+    if event.type == WARNING_TYPE:
+        SLA_EVENTS_SEEN.labels("sla_warning").inc()
+    elif event.type == BREACH_TYPE:
+        SLA_EVENTS_SEEN.labels("sla_breached").inc()
+    elif event.type == ESCALATED_TYPE and event.data.get("automatic"):
+        SLA_EVENTS_SEEN.labels("escalated_automatic").inc()

@@ -1,0 +1,60 @@
+"""`tierline sla`: the clock-table consumer and the due-clock scanner, side by side."""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from tierline.config import Settings
+from tierline.eventlog.consumer import LogConsumer
+from tierline.eventlog.kafka import ensure_topic
+from tierline.service_layer.issues import IssueService
+from tierline.service_layer.reference import ReferenceData
+from tierline.sla.clock_table import ClockTable
+from tierline.sla.scanner import SlaScanner
+from tierline.store.pool import create_pool
+
+log = structlog.get_logger(__name__)
+
+CONSUMER_NAME = "sla"
+# Connections the role keeps for itself besides the scanner's commands: the consumer's batch,
+# the scanner's claims and bookkeeping.
+RESERVED_CONNECTIONS = 3
+
+
+async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
+    """Keep clock rows from the log and record warnings, breaches and escalations when due."""
+    # Subscribing first would let some brokers auto-create the topic with their defaults.
+    await ensure_topic(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions)
+    pool = await create_pool(
+        settings.database_url,
+        min_size=min(settings.db_pool_min, settings.db_pool_max),
+        max_size=settings.db_pool_max,
+    )
+    try:
+        reference = ReferenceData(pool)
+        clock_table = ClockTable(reference)
+        consumer = LogConsumer(
+            name=CONSUMER_NAME,
+            pool=pool,
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.kafka_topic,
+            handler=clock_table,
+            batch_size=settings.consumer_batch_size,
+        )
+        scanner = SlaScanner(
+            pool=pool,
+            service=IssueService(pool, reference),
+            reference=reference,
+            clock_table=clock_table,
+            batch_size=settings.sla_max_batch,
+            concurrency=max(1, settings.db_pool_max - RESERVED_CONNECTIONS),
+            listen_url=settings.database_url,
+        )
+        log.info("sla_started", topic=settings.kafka_topic)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(consumer.run(stop), name="sla-consumer")
+            tasks.create_task(scanner.run(stop), name="sla-scanner")
+    finally:
+        await pool.close()

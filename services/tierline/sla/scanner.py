@@ -1,0 +1,322 @@
+"""The due-clock scanner: claims clocks whose time has come and records it through the write path.
+
+Any number of scanners may run. A claim is one short statement: the due rows are locked with
+`FOR UPDATE SKIP LOCKED` and their `next_fire_at` moves past a lease, so no other worker takes
+them while this one sends the commands. The commands (`RecordSlaWarning`, `RecordSlaBreach`,
+`RecomputeSla`) go through `IssueService.execute` like any API call, and `decide` refuses a
+warning or breach that is already recorded: two workers racing, a lease running out, or a
+worker killed between its command and its bookkeeping can delay an outcome, never repeat it.
+A killed worker's claims come back to every worker when their lease ends.
+
+Between scans a worker sleeps until the nearest `next_fire_at` (at most `max_sleep`), and a
+NOTIFY from the clock table wakes it early when a nearer clock appears.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import structlog
+from prometheus_client import Counter, Histogram
+
+from tierline.domain import commands as c
+from tierline.domain.issue import Issue
+from tierline.service_layer.issues import SYSTEM, IssueNotFound, IssueService, Response
+from tierline.service_layer.reference import ReferenceData
+from tierline.sla.clock_table import NOTIFY_CHANNEL, ClockTable, IssueClocks
+
+log = structlog.get_logger(__name__)
+
+COMMANDS = Counter(
+    "tierline_sla_commands_total",
+    "Commands the scanner sent; result=done when the clock is in the state asked for",
+    ["command", "result"],
+)
+LATENESS = Histogram(
+    "tierline_sla_fire_lateness_seconds",
+    "Time from a clock's fire time to the scanner sending its command",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+CLAIMED = Histogram(
+    "tierline_sla_claimed_per_scan",
+    "Due clocks claimed by one scan",
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
+)
+RECOMPUTED = Counter("tierline_sla_recomputes_total", "RecomputeSla commands sent")
+
+# The lease doubles with each claim that did not move the clock on, up to $4 seconds.
+CLAIM_DUE = """
+WITH due AS (
+    SELECT issue_id, clock_id FROM sla_clocks
+    WHERE next_fire_at <= $1
+    ORDER BY next_fire_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sla_clocks AS c
+SET next_fire_at = $1 + make_interval(secs => least($3::float8 * power(2, c.attempts), $4)),
+    attempts = c.attempts + 1
+FROM due
+WHERE c.issue_id = due.issue_id AND c.clock_id = due.clock_id
+RETURNING c.issue_id, c.clock_id, c.fire_at, c.threshold, c.due_at, c.attempts
+"""
+CLAIM_RECOMPUTE = """
+WITH due AS (
+    SELECT issue_id FROM sla_recompute
+    WHERE next_attempt_at <= $1
+    ORDER BY next_attempt_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE sla_recompute AS r
+SET next_attempt_at = $1 + make_interval(secs => least($3::float8 * power(2, r.attempts), $4)),
+    attempts = r.attempts + 1
+FROM due
+WHERE r.issue_id = due.issue_id
+RETURNING r.issue_id, r.policy_version
+"""
+FINISH_RECOMPUTE = "DELETE FROM sla_recompute WHERE issue_id = $1 AND policy_version <= $2"
+FORGET_ISSUE = "DELETE FROM sla_clocks WHERE issue_id = $1"
+NEAREST = """
+SELECT least(
+    (SELECT min(next_fire_at) FROM sla_clocks WHERE next_fire_at IS NOT NULL),
+    (SELECT min(next_attempt_at) FROM sla_recompute)
+)
+"""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _snapshot(issue: Issue, created: bool) -> Response:
+    """A render for `IssueService.execute` that hands back the issue itself."""
+    return 200, issue, {}
+
+
+@dataclass(frozen=True)
+class DueClock:
+    """A claimed clock and the action it was due for."""
+
+    issue_id: str
+    clock_id: str
+    fire_at: datetime
+    threshold: float | None
+    due_at: datetime | None
+    attempts: int
+
+
+def command_for(due: DueClock, now: datetime) -> c.RecordSlaWarning | c.RecordSlaBreach:
+    """The command a due clock needs; a clock already past its deadline skips to the breach."""
+    if due.threshold is None or (due.due_at is not None and due.due_at <= now):
+        return c.RecordSlaBreach(clock_id=due.clock_id)
+    return c.RecordSlaWarning(clock_id=due.clock_id, threshold=due.threshold)
+
+
+def _result(issue: Issue, command: c.RecordSlaWarning | c.RecordSlaBreach) -> str:
+    """`done` when the clock is now in the state the command asked for, else `refused`."""
+    for clock in issue.clocks:
+        if clock.id != command.clock_id:
+            continue
+        if isinstance(command, c.RecordSlaBreach):
+            return "done" if clock.state == "breached" else "refused"
+        return "done" if command.threshold in clock.warned else "refused"
+    return "refused"
+
+
+class SlaScanner:
+    """Claims due clocks and sends their commands; safe to run in any number of processes."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        service: IssueService,
+        reference: ReferenceData,
+        clock_table: ClockTable,
+        batch_size: int = 500,
+        concurrency: int = 8,
+        lease_seconds: float = 5.0,
+        max_lease_seconds: float = 300.0,
+        max_sleep: float = 1.0,
+        listen_url: str | None = None,
+        now: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self._pool = pool
+        self._listen_url = listen_url
+        self._service = service
+        self._reference = reference
+        self._clock_table = clock_table
+        self._batch_size = batch_size
+        self._concurrency = concurrency
+        self._lease = lease_seconds
+        self._max_lease = max_lease_seconds
+        self._max_sleep = max_sleep
+        self._now = now
+        self._wake = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Scan until `stop`; reconnect after database failures."""
+        while not stop.is_set():
+            try:
+                await self._run_listening(stop)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if stop.is_set():
+                    break
+                log.warning("sla_scanner_failed", error=repr(exc))
+                await _sleep_or_stop(stop, 1.0)
+
+    async def _run_listening(self, stop: asyncio.Event) -> None:
+        """The scan loop, with a LISTEN connection when a URL was given (else it just polls)."""
+        listener = None
+        if self._listen_url is not None:
+            listener = await asyncpg.connect(self._listen_url)
+        try:
+            if listener is not None:
+                await listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+            log.info("sla_scanner_started", batch_size=self._batch_size, lease=self._lease)
+            while not stop.is_set():
+                # Cleared before the scan, so a NOTIFY that arrives during it is not lost.
+                self._wake.clear()
+                if await self.scan_once():
+                    continue
+                await self._sleep(stop)
+        finally:
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(listener.close())
+
+    def _on_notify(self, *_: Any) -> None:
+        self._wake.set()
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        """Until the nearest fire time (at most `max_sleep`), a NOTIFY, or `stop`."""
+        nearest: datetime | None = await self._pool.fetchval(NEAREST)
+        delay = self._max_sleep
+        if nearest is not None:
+            delay = min(delay, max(0.0, (nearest - self._now()).total_seconds()))
+        if delay <= 0:
+            return
+        waiters = {asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+
+    async def scan_once(self) -> int:
+        """Fire one batch of due clocks, then one batch of recomputes; returns the work done."""
+        due = await self.claim_due(self._now())
+        if due:
+            await self.fire_all(due)
+        return len(due) + await self._recompute_batch()
+
+    async def claim_due(self, now: datetime) -> list[DueClock]:
+        """Take up to a batch of clocks due by `now`, leasing them to this worker."""
+        rows = await self._pool.fetch(
+            CLAIM_DUE, now, self._batch_size, self._lease, self._max_lease
+        )
+        due = sorted((DueClock(*row) for row in rows), key=lambda d: d.fire_at)
+        if due:
+            CLAIMED.observe(len(due))
+            stuck = [d for d in due if d.attempts >= 3]
+            if stuck:
+                log.warning(
+                    "sla_clocks_retried",
+                    count=len(stuck),
+                    issue_id=stuck[0].issue_id,
+                    clock_id=stuck[0].clock_id,
+                    attempts=stuck[0].attempts,
+                )
+        return due
+
+    async def fire_all(self, due: Sequence[DueClock]) -> None:
+        """Fire claimed clocks: issues in parallel, the clocks of one issue in order."""
+        by_issue: dict[str, list[DueClock]] = {}
+        for item in due:
+            by_issue.setdefault(item.issue_id, []).append(item)
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def fire_issue(items: list[DueClock]) -> None:
+            async with gate:
+                for item in items:
+                    await self.fire(item)
+
+        await asyncio.gather(*(fire_issue(items) for items in by_issue.values()))
+        late = max((self._now() - d.fire_at).total_seconds() for d in due)
+        log.info("sla_clocks_fired", count=len(due), issues=len(by_issue), max_late=round(late, 3))
+
+    async def fire(self, due: DueClock) -> None:
+        """Send the command a clock is due for and store the issue's clocks it answers with."""
+        now = self._now()
+        command = command_for(due, now)
+        name = type(command).__name__
+        LATENESS.observe(max(0.0, (now - due.fire_at).total_seconds()))
+        try:
+            _, issue, _ = await self._service.execute(SYSTEM, due.issue_id, command, _snapshot)
+        except IssueNotFound:
+            await self._pool.execute(FORGET_ISSUE, due.issue_id)
+            return
+        except Exception as exc:
+            # The lease brings the clock back; one bad issue must not stop the others.
+            COMMANDS.labels(name, "failed").inc()
+            log.error(
+                "sla_command_failed",
+                issue_id=due.issue_id,
+                clock_id=due.clock_id,
+                command=name,
+                error=repr(exc),
+            )
+            return
+        COMMANDS.labels(name, _result(issue, command)).inc()
+        await self._store(issue)
+
+    async def _store(self, issue: Issue) -> None:
+        state = IssueClocks(issue.id, issue.vendor_id, issue.version, issue.clocks)
+        async with self._pool.acquire() as conn:
+            await self._clock_table.store(conn, [state])
+
+    async def _recompute_batch(self) -> int:
+        """Send RecomputeSla to a batch of issues queued by a policy change."""
+        rows = await self._pool.fetch(
+            CLAIM_RECOMPUTE, self._now(), self._batch_size, self._lease, self._max_lease
+        )
+        if not rows:
+            return 0
+        wanted = max(r["policy_version"] for r in rows)
+        if self._reference.governance_version < wanted:
+            await self._reference.refresh()
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def recompute(issue_id: str, policy_version: int) -> None:
+            async with gate:
+                await self.recompute(issue_id, policy_version)
+
+        await asyncio.gather(*(recompute(r["issue_id"], r["policy_version"]) for r in rows))
+        log.info("sla_recomputed", count=len(rows), policy_version=wanted)
+        return len(rows)
+
+    async def recompute(self, issue_id: str, policy_version: int) -> None:
+        """Retarget one issue's live clocks to the policy in force, keeping elapsed time."""
+        try:
+            _, issue, _ = await self._service.execute(SYSTEM, issue_id, c.RecomputeSla(), _snapshot)
+        except IssueNotFound:
+            await self._pool.execute(FINISH_RECOMPUTE, issue_id, policy_version)
+            return
+        except Exception as exc:
+            log.error("sla_recompute_failed", issue_id=issue_id, error=repr(exc))
+            return
+        RECOMPUTED.inc()
+        await self._store(issue)
+        await self._pool.execute(FINISH_RECOMPUTE, issue_id, policy_version)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)

@@ -1,0 +1,276 @@
+"""GET /v1/issues and the vendor scorecard over HTTP, with every role running (projector included).
+
+The list reads the read models, which follow the log: each test polls, in a bounded loop, until
+the projected state it expects appears, and never measures time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import aiohttp
+
+from tests.fixtures.stack import Stack
+from tierline.domain import commands as c
+from tierline.service_layer.issues import SYSTEM, IssueService
+from tierline.service_layer.reference import ReferenceData
+from tierline.store.pool import create_pool
+
+T = TypeVar("T")
+POLL_ATTEMPTS = 300
+POLL_DELAY = 0.05
+
+
+async def eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
+    """The first truthy result of `probe`, polled a bounded number of times."""
+    for _ in range(POLL_ATTEMPTS):
+        result = await probe()
+        if result:
+            return result
+        await asyncio.sleep(POLL_DELAY)
+    raise AssertionError(f"never happened: {what}")
+
+
+async def create_vendor(http: aiohttp.ClientSession, vendor_id: str) -> None:
+    async with http.post(
+        "/v1/vendors", json={"id": vendor_id, "name": vendor_id.title(), "timezone": "UTC"}
+    ) as resp:
+        assert resp.status == 201, await resp.text()
+
+
+async def open_issue(http: aiohttp.ClientSession, vendor_id: str, **fields: Any) -> dict[str, Any]:
+    body = {"vendor_id": vendor_id, "title": "An issue", "category": "quality", "priority": "P3"}
+    async with http.post("/v1/issues", json={**body, **fields}) as resp:
+        assert resp.status == 201, await resp.text()
+        issue: dict[str, Any] = await resp.json()
+        return issue
+
+
+async def command(
+    http: aiohttp.ClientSession, issue_id: str, name: str, **body: Any
+) -> dict[str, Any]:
+    async with http.post(f"/v1/issues/{issue_id}/{name}", json=body) as resp:
+        assert resp.status == 200, await resp.text()
+        issue: dict[str, Any] = await resp.json()
+        return issue
+
+
+async def get_page(http: aiohttp.ClientSession, **query: Any) -> dict[str, Any]:
+    async with http.get("/v1/issues", params={k: str(v) for k, v in query.items()}) as resp:
+        assert resp.status == 200, await resp.text()
+        page: dict[str, Any] = await resp.json()
+        return page
+
+
+async def all_items(http: aiohttp.ClientSession, **query: Any) -> list[dict[str, Any]]:
+    """Every item over all pages."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        page = await get_page(http, **query, **({"cursor": cursor} if cursor else {}))
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
+
+
+async def projected(http: aiohttp.ClientSession, versions: dict[str, int]) -> list[dict[str, Any]]:
+    """Wait until the list shows every issue at (at least) the given version."""
+
+    async def probe() -> list[dict[str, Any]] | None:
+        items = await all_items(http, limit=500)
+        seen = {item["id"]: item["version"] for item in items}
+        done = all(seen.get(i, 0) >= v for i, v in versions.items())
+        return items if done else None
+
+    return await eventually(probe, f"{len(versions)} issues projected")
+
+
+def ids(items: list[dict[str, Any]]) -> set[str]:
+    return {item["id"] for item in items}
+
+
+async def record_breach(stack: Stack, issue_id: str) -> int:
+    """Record a breach of the issue's respond clock the way the SLA engine would, later on."""
+    pool = await create_pool(stack.settings.database_url, min_size=1, max_size=2)
+    later = datetime.now(UTC) + timedelta(days=3)
+    try:
+        service = IssueService(pool, ReferenceData(pool), clock=lambda: later)
+        issue = await service.get(SYSTEM, issue_id)
+        respond = next(k for k in issue.clocks if k.kind == "respond" and k.state == "running")
+        _, body, _ = await service.execute(
+            SYSTEM,
+            issue_id,
+            c.RecordSlaBreach(clock_id=respond.id),
+            lambda issue, _: (200, {"version": issue.version}, {}),
+        )
+    finally:
+        await pool.close()
+    return int(body["version"])
+
+
+async def test_filters_and_vendor_scoping(stack: Stack) -> None:
+    async with stack.client() as admin:
+        await create_vendor(admin, "acme")
+        await create_vendor(admin, "globex")
+        a1 = await open_issue(admin, "acme", priority="P1", category="security_compliance")
+        a2 = await open_issue(admin, "acme", priority="P2", external_ref="jira:OPS-1")
+        a3 = await open_issue(admin, "acme", priority="P4", category="communication")
+        g1 = await open_issue(admin, "globex", priority="P1")
+        g2 = await open_issue(admin, "globex", priority="P3", category="communication")
+        versions = {i["id"]: i["version"] for i in (a1, a2, a3, g1, g2)}
+        versions[a2["id"]] = (await command(admin, a2["id"], "acknowledge"))["version"]
+        versions[a3["id"]] = (await command(admin, a3["id"], "escalate", reason="stuck"))[
+            "version"
+        ]
+        versions[g2["id"]] = (await command(admin, g2["id"], "resolve", resolution="done"))[
+            "version"
+        ]
+        versions[g1["id"]] = await record_breach(stack, g1["id"])
+        items = await projected(admin, versions)
+
+        by_id = {item["id"]: item for item in items}
+        assert by_id[a3["id"]]["tier"] == 2 and by_id[a3["id"]]["escalation_count"] == 1
+        assert by_id[a2["id"]]["external_ref"] == "jira:OPS-1"
+        # The P1 breach escalated automatically: new tier, new clocks, and the breach on record.
+        assert by_id[g1["id"]]["breached"] is True and by_id[g1["id"]]["tier"] == 2
+        clocks = {(k["tier"], k["kind"], k["state"]) for k in by_id[g1["id"]]["sla"]}
+        assert {(1, "respond", "breached"), (2, "respond", "running")} <= clocks
+        assert ids(await all_items(admin, vendor_id="acme")) == {a1["id"], a2["id"], a3["id"]}
+        assert ids(await all_items(admin, status="acknowledged")) == {a2["id"]}
+        assert ids(await all_items(admin, status="open,acknowledged", vendor_id="globex")) == {
+            g1["id"]
+        }
+        assert ids(await all_items(admin, tier=2)) == {a3["id"]}
+        assert ids(await all_items(admin, priority="P1")) == {a1["id"], g1["id"]}
+        assert ids(await all_items(admin, category="communication")) == {a3["id"], g2["id"]}
+        assert ids(await all_items(admin, breached="true")) == {g1["id"]}
+        assert g1["id"] not in ids(await all_items(admin, breached="false"))
+
+    acme_key = await stack.new_key("vendor", "acme")
+    async with stack.client(acme_key) as vendor:
+        assert ids(await all_items(vendor)) == {a1["id"], a2["id"], a3["id"]}
+        assert await all_items(vendor, vendor_id="globex") == []
+        assert ids(await all_items(vendor, vendor_id="globex,acme", priority="P1")) == {a1["id"]}
+        async with vendor.get("/v1/vendors/globex/scorecard") as resp:
+            assert resp.status == 404
+        async with vendor.get("/v1/vendors/acme/scorecard") as resp:
+            assert resp.status == 200
+
+    viewer_key = await stack.new_key("viewer")
+    async with stack.client(viewer_key) as viewer:
+        assert ids(await all_items(viewer)) == set(versions)
+
+
+async def test_bad_queries_are_problems(stack: Stack) -> None:
+    async with stack.client() as admin:
+        for query in (
+            {"status": "pending"},
+            {"priority": "P9"},
+            {"tier": "top"},
+            {"breached": "maybe"},
+            {"limit": "0"},
+            {"limit": "501"},
+            {"cursor": "not-a-cursor"},
+        ):
+            async with admin.get("/v1/issues", params=query) as resp:
+                assert resp.status == 422, query
+                assert resp.content_type == "application/problem+json"
+                body = await resp.json()
+                assert body["type"].endswith("/validation-failed")
+                assert body["errors"][0]["field"] in query
+    async with aiohttp.ClientSession(stack.api_url) as anonymous:
+        async with anonymous.get("/v1/issues") as resp:
+            assert resp.status == 401
+
+
+async def test_cursor_is_tied_to_its_filters(stack: Stack) -> None:
+    async with stack.client() as admin:
+        await create_vendor(admin, "acme")
+        opened = [await open_issue(admin, "acme") for _ in range(3)]
+        await projected(admin, {i["id"]: i["version"] for i in opened})
+        page = await get_page(admin, limit=1, vendor_id="acme")
+        assert page["next_cursor"] is not None
+        async with admin.get(
+            "/v1/issues", params={"cursor": page["next_cursor"], "vendor_id": "globex"}
+        ) as resp:
+            assert resp.status == 422
+        rest = await get_page(admin, cursor=page["next_cursor"], vendor_id="acme")
+        assert len(rest["items"]) == 2
+
+
+async def test_pages_have_no_duplicates_or_gaps_while_issues_arrive(stack: Stack) -> None:
+    async with stack.client() as admin:
+        await create_vendor(admin, "acme")
+        first = [await open_issue(admin, "acme", title=f"first {n}") for n in range(12)]
+        await projected(admin, {i["id"]: i["version"] for i in first})
+
+        seen: list[str] = []
+        arrived: list[str] = []
+        cursor = None
+        while True:
+            query: dict[str, Any] = {"limit": 5, **({"cursor": cursor} if cursor else {})}
+            page = await get_page(admin, **query)
+            seen += [item["id"] for item in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+            # New issues (and changes to ones already listed) while a client is paging.
+            arrived += [(await open_issue(admin, "acme", title="late"))["id"] for _ in range(2)]
+            await command(admin, seen[0], "assign", assignee="ana")
+
+        assert len(seen) == len(set(seen)), "an issue was listed twice"
+        assert set(seen) >= ids(first), "an issue that existed before paging was skipped"
+        # Issues that arrived during paging are never placed before one already listed.
+        everything = [item["id"] for item in await all_items(admin, limit=500)]
+        assert everything[: len(seen)] == seen
+        await projected(admin, {i: 1 for i in arrived})
+
+
+async def test_scorecard_counts_the_vendors_work(stack: Stack) -> None:
+    async with stack.client() as admin:
+        await create_vendor(admin, "acme")
+        await create_vendor(admin, "globex")
+        opened = [await open_issue(admin, "acme", priority="P2") for _ in range(3)]
+        other = await open_issue(admin, "globex")
+        versions = {i["id"]: i["version"] for i in [*opened, other]}
+        for issue in opened[:2]:
+            versions[issue["id"]] = (await command(admin, issue["id"], "acknowledge"))["version"]
+        done = await command(admin, opened[0]["id"], "resolve", resolution="fixed")
+        versions[opened[0]["id"]] = done["version"]
+        moved = await command(admin, opened[2]["id"], "escalate", reason="slow")
+        versions[opened[2]["id"]] = moved["version"]
+        await projected(admin, versions)
+
+        today = datetime.now(UTC).date()
+        async with admin.get(
+            "/v1/vendors/acme/scorecard", params={"from": str(today), "to": str(today)}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
+            card = await resp.json()
+        assert card["vendor_id"] == "acme"
+        assert (card["opened"], card["acknowledged"], card["resolved"]) == (3, 2, 1)
+        assert card["open_now"] == 2
+        assert card["escalations"] == 1 and card["escalations_by_tier"] == {"2": 1}
+        assert card["breaches"] == {"total": 0, "by_tier": []}
+        assert card["mtta_seconds"] is not None and card["mtta_seconds"] >= 0
+        assert card["mttr_seconds"] is not None and card["mttr_seconds"] >= card["mtta_seconds"]
+        assert card["sla_compliance"] == 1.0  # two respond clocks met, nothing breached
+        assert [d["day"] for d in card["daily"]] == [str(today)]
+        assert card["daily"][0]["open_at_end_of_day"] == 2
+
+        yesterday = today - timedelta(days=1)
+        async with admin.get(
+            "/v1/vendors/acme/scorecard", params={"from": str(yesterday), "to": str(yesterday)}
+        ) as resp:
+            empty = await resp.json()
+        assert (empty["opened"], empty["daily"], empty["open_now"]) == (0, [], 2)
+        async with admin.get(
+            "/v1/vendors/acme/scorecard", params={"from": str(today), "to": str(yesterday)}
+        ) as resp:
+            assert resp.status == 422
+        async with admin.get("/v1/vendors/nobody/scorecard") as resp:
+            assert resp.status == 404
