@@ -20,13 +20,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from tests.fixtures import infra
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 
-# api/app.py stores request values under str keys, which aiohttp 3.14 warns about (and
-# filterwarnings=error turns into a 500); remove once app.py uses web.RequestKey.
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.kafka,
-    pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning"),
-]
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
 ROLES = ["api", "relay", "webhooks"]
 WAIT = 30.0

@@ -15,12 +15,7 @@ from tierline.store.api_keys import create_api_key
 from tierline.store.pool import create_pool
 from tierline.webhooks.api import RESOLVER
 
-# api/app.py stores request values under str keys, which aiohttp 3.14 warns about (and
-# filterwarnings=error turns into a 500); remove once app.py uses web.RequestKey.
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.filterwarnings("ignore::aiohttp.web_exceptions.NotAppKeyWarning"),
-]
+pytestmark = pytest.mark.postgres
 
 NAMES = {
     "hooks.example.com": ["93.184.216.34"],
@@ -51,28 +46,27 @@ async def client(database_url: str) -> AsyncIterator[TestClient[Any, Any]]:
         yield test_client
 
 
-@pytest.mark.parametrize(
-    "url",
-    [
-        "http://internal.example.com/hook",
-        "https://rebind.example.com/hook",
-        "http://127.0.0.1:8080/hook",
-        "http://[::1]/hook",
-        "http://169.254.169.254/latest/meta-data",
-        "http://10.0.0.7/",
-        "https://unknown.example.com/hook",
-        "ftp://hooks.example.com/hook",
-    ],
-)
-async def test_private_and_odd_targets_are_refused_with_422(
-    client: TestClient[Any, Any], url: str
-) -> None:
-    resp = await client.post("/v1/webhooks", json={"url": url, "event_types": ["*"]})
-    problem = await resp.json()
-    assert resp.status == 422, problem
-    assert resp.content_type == "application/problem+json"
-    assert problem["type"].endswith("/webhook-target-not-allowed")
-    assert problem["errors"][0]["pointer"] == "#/url"
+REFUSED = [
+    "http://internal.example.com/hook",
+    "https://rebind.example.com/hook",
+    "http://127.0.0.1:8080/hook",
+    "http://[::1]/hook",
+    "http://169.254.169.254/latest/meta-data",
+    "http://10.0.0.7/",
+    "https://unknown.example.com/hook",
+    "ftp://hooks.example.com/hook",
+]
+
+
+async def test_private_and_odd_targets_are_refused_with_422(client: TestClient[Any, Any]) -> None:
+    for url in REFUSED:
+        resp = await client.post("/v1/webhooks", json={"url": url, "event_types": ["*"]})
+        problem = await resp.json()
+        assert resp.status == 422, (url, problem)
+        assert resp.content_type == "application/problem+json"
+        assert problem["type"].endswith("/webhook-target-not-allowed")
+        assert problem["errors"][0]["pointer"] == "#/url"
+    assert (await (await client.get("/v1/webhooks")).json())["items"] == []
 
 
 async def test_public_target_is_accepted_and_changes_are_checked_again(
@@ -113,21 +107,19 @@ async def test_public_target_is_accepted_and_changes_are_checked_again(
     assert changed["secret"] is None
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        {"url": "https://hooks.example.com/", "event_types": []},
-        {"url": "https://hooks.example.com/", "event_types": ["io.tierline.issue.exploded.v1"]},
-        {"url": "https://hooks.example.com/", "event_types": ["*"], "secret": "mine"},
-        {"event_types": ["*"]},
-    ],
-)
-async def test_invalid_subscriptions_are_422(
-    client: TestClient[Any, Any], body: dict[str, Any]
-) -> None:
-    resp = await client.post("/v1/webhooks", json=body)
-    assert resp.status == 422
-    assert (await resp.json())["type"].endswith("/validation-failed")
+INVALID = [
+    {"url": "https://hooks.example.com/", "event_types": []},
+    {"url": "https://hooks.example.com/", "event_types": ["io.tierline.issue.exploded.v1"]},
+    {"url": "https://hooks.example.com/", "event_types": ["*"], "secret": "mine"},
+    {"event_types": ["*"]},
+]
+
+
+async def test_invalid_subscriptions_are_422(client: TestClient[Any, Any]) -> None:
+    for body in INVALID:
+        resp = await client.post("/v1/webhooks", json=body)
+        assert resp.status == 422, body
+        assert (await resp.json())["type"].endswith("/validation-failed")
 
 
 async def test_unknown_vendor_cursor_and_ids(client: TestClient[Any, Any]) -> None:

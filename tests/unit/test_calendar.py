@@ -20,7 +20,7 @@ from tierline.domain.calendar import (
 )
 
 # No example database: the suite must not leave a .hypothesis directory in the work tree.
-PROPERTY = settings(max_examples=150, deadline=None, database=None)
+PROPERTY = settings(max_examples=100, deadline=None, database=None)
 
 HOUR = 3600.0
 MICRO = timedelta(microseconds=1)
@@ -38,9 +38,9 @@ DST_DAYS = [
 ]
 
 
-def utc(*args: int) -> datetime:
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
     """A UTC datetime."""
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def calendar(zone: str = "UTC", **kwargs: Any) -> BusinessCalendar:

@@ -21,6 +21,8 @@ class Command(BaseModel):
 
 
 class OpenIssue(Command):
+    """Open an issue against a vendor."""
+
     vendor_id: str = Field(min_length=1, max_length=63)
     title: str = Field(min_length=1, max_length=300)
     description: str | None = Field(default=None, max_length=20_000)
@@ -33,59 +35,81 @@ class OpenIssue(Command):
 
 
 class Acknowledge(Command):
+    """Acknowledge the issue (stops the current tier's respond clock)."""
+
     route: ClassVar[str] = "acknowledge"
     note: str | None = Field(default=None, max_length=10_000)
 
 
 class Assign(Command):
+    """Assign the issue to someone."""
+
     route: ClassVar[str] = "assign"
     assignee: str = ShortText
 
 
 class AddComment(Command):
+    """Add a comment."""
+
     route: ClassVar[str] = "comments"
     body: str = Text
     author: str | None = Field(default=None, max_length=200)
 
 
 class ChangePriority(Command):
+    """Change the priority (running SLA targets are recomputed, elapsed time kept)."""
+
     route: ClassVar[str] = "priority"
     priority: Priority
     reason: str | None = Field(default=None, max_length=2_000)
 
 
 class Escalate(Command):
+    """Escalate to a higher governance tier (default: the next one)."""
+
     route: ClassVar[str] = "escalate"
     reason: str = ShortText
     to_tier: int | None = Field(default=None, ge=1, le=10)
 
 
 class Deescalate(Command):
+    """De-escalate to a lower governance tier (default: the previous one)."""
+
     route: ClassVar[str] = "deescalate"
     reason: str = ShortText
     to_tier: int | None = Field(default=None, ge=0, le=10)
 
 
 class Hold(Command):
+    """Put the issue on hold (running clocks pause)."""
+
     route: ClassVar[str] = "hold"
     reason: str = ShortText
 
 
 class Resume(Command):
+    """Resume an issue on hold (clocks resume with their elapsed time)."""
+
     route: ClassVar[str] = "resume"
 
 
 class Resolve(Command):
+    """Resolve the issue (clocks stop as met, or stay breached)."""
+
     route: ClassVar[str] = "resolve"
     resolution: str = Text
 
 
 class Reopen(Command):
+    """Reopen a resolved issue at the same tier (new clocks start)."""
+
     route: ClassVar[str] = "reopen"
     reason: str = ShortText
 
 
 class Close(Command):
+    """Close a resolved issue (final)."""
+
     route: ClassVar[str] = "close"
 
 

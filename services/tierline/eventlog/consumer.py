@@ -227,20 +227,42 @@ class LogConsumer:
         )
         self._consumer = consumer
         consumer.subscribe([self._topic], listener=_SeekFromStore(self))
-        await consumer.start()
         try:
+            # start() waits for the first group join, which can take seconds; stay stoppable.
+            starting = asyncio.ensure_future(consumer.start())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not starting.done():
+                starting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await starting
+                return
+            starting.result()
             while not stop.is_set():
-                await self.poll_once(consumer)
+                await self.poll_once(consumer, stop)
         finally:
             self.assigned = set()
             with contextlib.suppress(Exception):
                 await asyncio.shield(consumer.stop())
 
-    async def poll_once(self, consumer: AIOKafkaConsumer) -> int:
+    async def poll_once(self, consumer: AIOKafkaConsumer, stop: asyncio.Event | None = None) -> int:
         """Fetch one batch and apply it; returns the number of messages read."""
-        batches = await consumer.getmany(
-            timeout_ms=self._poll_timeout_ms, max_records=self._batch_size
+        fetch = asyncio.ensure_future(
+            consumer.getmany(timeout_ms=self._poll_timeout_ms, max_records=self._batch_size)
         )
+        if stop is not None:
+            # getmany waits for an assignment while the group rebalances; do not wait for it
+            # to stop. Nothing is lost by cancelling a fetch: offsets live with our effects.
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({fetch, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not fetch.done():
+                fetch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await fetch
+                return 0
+        batches = await fetch
         records: list[Record] = []
         for tp, messages in batches.items():
             for msg in messages:

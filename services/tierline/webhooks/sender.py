@@ -14,7 +14,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as dist_version
@@ -115,21 +115,33 @@ class Sender:
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         listener = await asyncpg.connect(self._database_url)
-        session = self._new_session()
-        self._session = session
-        helpers = [
-            asyncio.create_task(self._flush_loop(), name="webhook-results"),
-            asyncio.create_task(self._stats_loop(stop), name="webhook-stats"),
-        ]
         try:
-            await listener.add_listener(CHANNEL, self._on_notify)
-            log.info("webhook_sender_started", per_subscription=self._config.per_subscription)
-            await self._dispatch_loop(stop)
+            async with self.http_client():
+                helpers = [
+                    asyncio.create_task(self._flush_loop(), name="webhook-results"),
+                    asyncio.create_task(self._stats_loop(stop), name="webhook-stats"),
+                ]
+                try:
+                    await listener.add_listener(CHANNEL, self._on_notify)
+                    log.info(
+                        "webhook_sender_started", per_subscription=self._config.per_subscription
+                    )
+                    await self._dispatch_loop(stop)
+                finally:
+                    await self._shutdown(helpers)
         finally:
-            await self._shutdown(helpers)
-            await session.close()
             with contextlib.suppress(Exception):
                 await asyncio.shield(listener.close())
+
+    @contextlib.asynccontextmanager
+    async def http_client(self) -> AsyncIterator[None]:
+        """Open the HTTP client that `send` uses; closed on exit."""
+        self._session = self._new_session()
+        try:
+            yield
+        finally:
+            await self._session.close()
+            self._session = None
 
     def _new_session(self) -> aiohttp.ClientSession:
         """One HTTP client for every endpoint; it connects only to addresses that pass the guard."""

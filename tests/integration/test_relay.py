@@ -1,0 +1,241 @@
+"""The relay: every committed event reaches the log in order per issue, across kills and lost logs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from tierline.devstack.tansu import TansuBroker
+from tierline.domain import commands as c
+from tierline.domain.governance import Vendor
+from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
+from tierline.eventlog.consumer import LogConsumer
+from tierline.relay.relay import Relay
+from tierline.service_layer.issues import SYSTEM, IssueService
+from tierline.service_layer.reference import ReferenceData
+from tierline.store.pool import create_pool
+from tierline.store.vendors import insert_vendor
+
+pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+
+
+def _render(issue, created):  # type: ignore[no-untyped-def]
+    return 200, {"id": issue.id}, {}
+
+
+async def write_history(database_url: str, issues: int, comments: int) -> int:
+    """Open issues and add comments through the real write path; returns the event count."""
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    try:
+        await insert_vendor(pool, Vendor(id="acme", name="Acme"))
+        service = IssueService(pool, ReferenceData(pool))
+        ids = []
+        for n in range(issues):
+            command = c.OpenIssue(vendor_id="acme", title=f"i{n}", category="quality", priority="P3")
+            _, body, _ = await service.open(SYSTEM, command, _render)
+            ids.append(body["id"])
+        for round_ in range(comments):
+            await asyncio.gather(
+                *(service.execute(SYSTEM, i, c.AddComment(body=f"c{round_}"), _render) for i in ids)
+            )
+        return int(await pool.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await pool.close()
+
+
+def relay_for(database_url: str, bootstrap: str, topic: str, kind: str) -> Relay:
+    return Relay(
+        database_url=database_url,
+        bootstrap=bootstrap,
+        topic=topic,
+        partitions=4,
+        idempotent=kind == "apache",
+        batch_size=25,
+        poll_interval=0.1,
+    )
+
+
+async def published(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM events WHERE published_at IS NOT NULL"))
+    finally:
+        await conn.close()
+
+
+async def read_topic(bootstrap: str, topic: str, expected: int) -> list[LogEvent]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False
+    )
+    await consumer.start()
+    events: list[LogEvent] = []
+    try:
+        for _ in range(150):
+            batches = await consumer.getmany(timeout_ms=200)
+            for messages in batches.values():
+                events += [from_kafka_record(m.value, list(m.headers)) for m in messages]
+            if len(events) >= expected and not batches:
+                break
+    finally:
+        await consumer.stop()
+    return events
+
+
+def check_log(events: Sequence[LogEvent], total: int) -> None:
+    """Every event present; per issue in version order; duplicates only as the same ce_id."""
+    by_id: dict[str, LogEvent] = {}
+    per_stream: dict[str, list[int]] = defaultdict(list)
+    for event in events:
+        if event.event_id in by_id:
+            assert by_id[event.event_id].version == event.version
+            continue
+        by_id[event.event_id] = event
+        per_stream[event.stream_id].append(event.version)
+    assert len(by_id) == total
+    for versions in per_stream.values():
+        assert versions == list(range(1, len(versions) + 1))
+    seen: set[tuple[str, int]] = set()
+    for event in events:
+        key = (event.stream_id, event.version)
+        if key in seen:
+            continue
+        assert event.version == 1 or (event.stream_id, event.version - 1) in seen
+        seen.add(key)
+
+
+async def test_relay_cancelled_mid_batch_loses_nothing(
+    database_url: str, broker: tuple[str, str], topic: str
+) -> None:
+    kind, bootstrap = broker
+    total = await write_history(database_url, issues=20, comments=9)
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay_for(database_url, bootstrap, topic, kind).run(stop))
+    for _ in range(500):
+        if 0 < await published(database_url) < total:
+            break
+        await asyncio.sleep(0.005)
+    task.cancel()  # a kill in the middle of publishing
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await published(database_url) < total
+    restarted = asyncio.create_task(relay_for(database_url, bootstrap, topic, kind).run(stop))
+    for _ in range(400):
+        if await published(database_url) == total:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await restarted
+    check_log(await read_topic(bootstrap, topic, total), total)
+
+
+async def test_standby_relay_takes_over(database_url: str, tansu: str, topic: str) -> None:
+    total = await write_history(database_url, issues=3, comments=2)
+    stop_a, stop_b = asyncio.Event(), asyncio.Event()
+    a = relay_for(database_url, tansu, topic, "tansu")
+    b = relay_for(database_url, tansu, topic, "tansu")
+    task_a = asyncio.create_task(a.run(stop_a))
+    for _ in range(100):
+        if a.is_leader:
+            break
+        await asyncio.sleep(0.05)
+    task_b = asyncio.create_task(b.run(stop_b))
+    await asyncio.sleep(0.5)
+    assert a.is_leader and not b.is_leader, "only one relay may be active"
+    stop_a.set()
+    await task_a
+    more = await write_history_more(database_url)
+    for _ in range(100):
+        if b.is_leader and await published(database_url) == total + more:
+            break
+        await asyncio.sleep(0.05)
+    assert b.is_leader
+    stop_b.set()
+    await task_b
+    check_log(await read_topic(tansu, topic, total + more), total + more)
+
+
+async def write_history_more(database_url: str) -> int:
+    pool = await create_pool(database_url, min_size=1, max_size=2)
+    try:
+        service = IssueService(pool, ReferenceData(pool))
+        command = c.OpenIssue(vendor_id="acme", title="late", category="other", priority="P4")
+        await service.open(SYSTEM, command, _render)
+        return 1
+    finally:
+        await pool.close()
+
+
+class CountingHandler:
+    """A consumer effect that counts applications per event in PostgreSQL."""
+
+    async def apply(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
+        await conn.executemany(
+            "INSERT INTO applied_effects (event_id) VALUES ($1)",
+            [(uuid.UUID(e.event_id),) for e in events],
+        )
+
+
+async def run_consumer_until(
+    pool: asyncpg.Pool, bootstrap: str, topic: str, expected: int
+) -> None:
+    stop = asyncio.Event()
+    consumer = LogConsumer(
+        name="counter", pool=pool, bootstrap=bootstrap, topic=topic, handler=CountingHandler()
+    )
+    task = asyncio.create_task(consumer.run(stop))
+    for _ in range(300):
+        done = await pool.fetchval(
+            "SELECT coalesce(sum(next_offset), 0) FROM consumer_offsets WHERE consumer = 'counter'"
+        )
+        if done >= expected:
+            break
+        await asyncio.sleep(0.05)
+    stop.set()
+    await task
+
+
+async def test_lost_broker_log_is_refilled_and_consumers_apply_once(
+    database_url: str, topic: str
+) -> None:
+    total = await write_history(database_url, issues=5, comments=3)
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    await pool.execute("CREATE TABLE applied_effects (event_id uuid PRIMARY KEY)")
+    first = TansuBroker(cluster_id=f"lost-{uuid.uuid4().hex[:6]}", forward_logs=False)
+    await asyncio.to_thread(first.start)
+    try:
+        stop = asyncio.Event()
+        task = asyncio.create_task(relay_for(database_url, first.bootstrap, topic, "tansu").run(stop))
+        while await published(database_url) < total:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        await run_consumer_until(pool, first.bootstrap, topic, total)
+        assert await pool.fetchval("SELECT count(*) FROM applied_effects") == total
+    finally:
+        await asyncio.to_thread(first.stop)
+    # The in-memory log is gone; a new broker (new cluster id) starts empty.
+    second = TansuBroker(cluster_id=f"lost-{uuid.uuid4().hex[:6]}", forward_logs=False)
+    await asyncio.to_thread(second.start)
+    try:
+        extra = await write_history_more(database_url)
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            relay_for(database_url, second.bootstrap, topic, "tansu").run(stop)
+        )
+        while await published(database_url) < total + extra:
+            await asyncio.sleep(0.05)
+        stop.set()
+        await task
+        check_log(await read_topic(second.bootstrap, topic, total + extra), total + extra)
+        # The consumer re-reads the refilled log from the start and applies only the new event.
+        await run_consumer_until(pool, second.bootstrap, topic, total + extra)
+        assert await pool.fetchval("SELECT count(*) FROM applied_effects") == total + extra
+    finally:
+        await asyncio.to_thread(second.stop)
+        await pool.close()
