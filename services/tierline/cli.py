@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key and print it once")
-    create.add_argument("--role", required=True, choices=["admin", "integration", "vendor", "viewer"])
+    create.add_argument(
+        "--role", required=True, choices=["admin", "integration", "vendor", "viewer"]
+    )
     create.add_argument("--vendor", default=None, help="vendor id (required for role vendor)")
     create.add_argument("--name", default="cli", help="a label for the key")
     return parser
@@ -79,7 +81,9 @@ async def _create_key(settings: Settings, args: argparse.Namespace) -> int:
     from tierline.store.vendors import get_vendor
 
     if (args.role == "vendor") != (args.vendor is not None):
-        print("error: --vendor is required for role vendor and not allowed otherwise", file=sys.stderr)
+        print(
+            "error: --vendor is required for role vendor and not allowed otherwise", file=sys.stderr
+        )
         return 2
     await migrate_url(settings.database_url)
     pool = await create_pool(settings.database_url, min_size=1, max_size=1)

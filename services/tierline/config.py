@@ -1,4 +1,4 @@
-"""Settings from the environment (prefix ``TIERLINE_``), with defaults for the embedded dev stack."""
+"""Settings from the environment (prefix ``TIERLINE_``), defaults for the embedded dev stack."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_max_body_bytes: int = 256 * 1024
+    # Roles other than the API serve /metrics and /healthz here (0 = off).
+    metrics_port: int = 9100
     public_base_url: str | None = None
     bootstrap_admin_key: str | None = None
     data_dir: Path = Path(".tierline")
@@ -39,7 +41,17 @@ class Settings(BaseSettings):
     webhooks_allow_private_targets: bool = False
     # NoDecode: the env value is the comma-separated form, not JSON (see _split_schedule).
     webhooks_retry_schedule: Annotated[list[float], NoDecode] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 50400, 72000, 86400]
+        default_factory=lambda: [
+            5.0,
+            300.0,
+            1800.0,
+            7200.0,
+            18000.0,
+            36000.0,
+            50400.0,
+            72e3,
+            86400.0,
+        ]
     )
     webhooks_timeout: float = 15.0
     webhooks_per_subscription_concurrency: int = 4

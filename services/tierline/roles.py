@@ -70,11 +70,44 @@ def available_roles() -> dict[str, Role]:
     return roles
 
 
+async def _run(role: Role, settings: Settings, stop: asyncio.Event) -> None:
+    await role(settings, stop)
+
+
+async def serve_metrics(settings: Settings, stop: asyncio.Event) -> None:
+    """/metrics and /healthz for a process that does not run the API."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def metrics(_: web.Request) -> web.Response:
+        resp = web.Response(body=generate_latest())
+        resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return resp
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, settings.api_host, settings.metrics_port, reuse_address=True).start()
+    log.info("metrics_listening", port=settings.metrics_port)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
 async def run_roles(settings: Settings, names: list[str], stop: asyncio.Event) -> None:
     """Migrate, then run the named roles side by side; one failing stops them all."""
     await migrate_url(settings.database_url)
     roles = available_roles()
-    tasks = [asyncio.create_task(roles[name](settings, stop), name=name) for name in names]
+    tasks: list[asyncio.Task[None]] = [
+        asyncio.create_task(_run(roles[name], settings, stop), name=name) for name in names
+    ]
+    if "api" not in names and settings.metrics_port:
+        tasks.append(asyncio.create_task(serve_metrics(settings, stop), name="metrics"))
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     for task in done:
         if not task.cancelled() and task.exception() is not None:

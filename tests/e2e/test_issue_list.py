@@ -123,9 +123,7 @@ async def test_filters_and_vendor_scoping(stack: Stack) -> None:
         g2 = await open_issue(admin, "globex", priority="P3", category="communication")
         versions = {i["id"]: i["version"] for i in (a1, a2, a3, g1, g2)}
         versions[a2["id"]] = (await command(admin, a2["id"], "acknowledge"))["version"]
-        versions[a3["id"]] = (await command(admin, a3["id"], "escalate", reason="stuck"))[
-            "version"
-        ]
+        versions[a3["id"]] = (await command(admin, a3["id"], "escalate", reason="stuck"))["version"]
         versions[g2["id"]] = (await command(admin, g2["id"], "resolve", resolution="done"))[
             "version"
         ]

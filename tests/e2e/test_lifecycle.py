@@ -36,8 +36,14 @@ async def test_lifecycle_open_to_close(stack: Stack) -> None:
             history = (await resp.json())["items"]
     assert final["status"] == "closed" and final["version"] == len(STEPS) + 1
     assert [e["type"].split(".")[3] for e in history] == ["opened"] + [
-        {"escalate": "escalated", "deescalate": "deescalated", "acknowledge": "acknowledged",
-         "resolve": "resolved", "reopen": "reopened", "close": "closed"}[s[0]]
+        {
+            "escalate": "escalated",
+            "deescalate": "deescalated",
+            "acknowledge": "acknowledged",
+            "resolve": "resolved",
+            "reopen": "reopened",
+            "close": "closed",
+        }[s[0]]
         for s in STEPS
     ]
     assert [int(e["sequence"]) for e in history] == list(range(1, len(STEPS) + 2))
@@ -57,8 +63,11 @@ async def test_vendor_keys_see_only_their_vendor(stack: Stack) -> None:
     async with stack.client(acme_key) as http:
         async with http.get(f"/v1/issues/{mine['id']}") as resp:
             assert resp.status == 200
-        for path in (f"/v1/issues/{theirs['id']}", f"/v1/issues/{theirs['id']}/events",
-                     "/v1/vendors/globex"):
+        for path in (
+            f"/v1/issues/{theirs['id']}",
+            f"/v1/issues/{theirs['id']}/events",
+            "/v1/vendors/globex",
+        ):
             async with http.get(path) as resp:
                 assert resp.status == 404, path
                 assert resp.content_type == "application/problem+json"
@@ -73,9 +82,8 @@ async def test_vendor_keys_see_only_their_vendor(stack: Stack) -> None:
             assert resp.status == 422
         async with http.post("/v1/vendors", json={"id": "x", "name": "x"}) as resp:
             assert resp.status == 403
-    async with stack.client() as http:
-        async with http.get(f"/v1/issues/{theirs['id']}") as resp:
-            assert (await resp.json())["status"] == "open", "a refused command changed nothing"
+    async with stack.client() as http, http.get(f"/v1/issues/{theirs['id']}") as resp:
+        assert (await resp.json())["status"] == "open", "a refused command changed nothing"
 
 
 async def problem(resp: object) -> dict[str, object]:
@@ -93,8 +101,9 @@ async def test_every_error_status_is_a_problem(stack: Stack, limit: int) -> None
         await create_vendor(http)
         issue = await open_issue(http)
         iid = issue["id"]
-        async with http.post("/v1/issues", data=b"{not json",
-                             headers={"Content-Type": "application/json"}) as resp:
+        async with http.post(
+            "/v1/issues", data=b"{not json", headers={"Content-Type": "application/json"}
+        ) as resp:
             assert resp.status == 400
             assert (await problem(resp))["type"].endswith("/malformed-request")  # type: ignore[union-attr]
         async with http.post("/v1/issues", json={"vendor_id": "acme-it", "priority": "P9"}) as resp:
@@ -154,8 +163,16 @@ async def test_governance_put_records_policy_change(stack: Stack) -> None:
             current = await resp.json()
         assert [t["name"] for t in current["tiers"]] == ["Operational", "Tactical", "Strategic"]
         doc = {k: v for k, v in current.items() if k != "version"}
-        doc["sla"] = [{"tier": 1, "priority": "P1", "respond_within": "PT2S",
-                       "resolve_within": "PT8H", "warn_at": [0.5], "auto_escalate": True}]
+        doc["sla"] = [
+            {
+                "tier": 1,
+                "priority": "P1",
+                "respond_within": "PT2S",
+                "resolve_within": "PT8H",
+                "warn_at": [0.5],
+                "auto_escalate": True,
+            }
+        ]
         async with http.put("/v1/governance", json=doc) as resp:
             assert resp.status == 200, await resp.text()
             updated = await resp.json()

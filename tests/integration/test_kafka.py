@@ -32,7 +32,9 @@ async def produce(bootstrap: str, kind: str, topic: str, n: int, start: int = 0)
         await producer.stop()
 
 
-async def consume(consumer: AIOKafkaConsumer, n: int) -> list[tuple[int, int, bytes, dict[str, bytes]]]:
+async def consume(
+    consumer: AIOKafkaConsumer, n: int
+) -> list[tuple[int, int, bytes, dict[str, bytes]]]:
     got: list[tuple[int, int, bytes, dict[str, bytes]]] = []
     for _ in range(200):
         batches = await consumer.getmany(timeout_ms=200)
@@ -84,7 +86,7 @@ async def test_headers_group_commit_and_resume(broker: tuple[str, str], topic: s
 
 
 async def test_two_members_split_partitions(broker: tuple[str, str], topic: str) -> None:
-    kind, bootstrap = broker
+    _, bootstrap = broker
     await ensure_topic(bootstrap, topic, 6)
     group = f"g-{topic}"
     a = group_consumer(bootstrap, topic, group)

@@ -139,7 +139,9 @@ def settings_for(database_url: str, bootstrap: str, topic: str, **overrides: Any
 
 
 @contextlib.asynccontextmanager
-async def relaying(settings: Settings, roles: Sequence[str] = ("relay",)) -> AsyncIterator[asyncpg.Pool]:
+async def relaying(
+    settings: Settings, roles: Sequence[str] = ("relay",)
+) -> AsyncIterator[asyncpg.Pool]:
     """The topic, the given roles running, and a pool on the database."""
     await ensure_topic(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions)
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
@@ -291,9 +293,11 @@ async def test_a_rebalance_between_two_projectors_applies_nothing_twice(
         async with projector(settings, first) as (a, _):
             await poll(lambda: _true(first.applied > 0), "the first projector applies events")
             async with projector(settings, second) as (b, _):
-                writing = asyncio.create_task(append_commands(pool, workload.commands(200)))
+                # Commands keep arriving during the rebalance and after it.
+                writing = asyncio.create_task(append_commands(pool, workload.commands(100)))
                 await poll(lambda: _true(bool(a.assigned and b.assigned)), "partitions shared")
                 await writing
+                await append_commands(pool, workload.commands(150))
                 await poll(lambda: _true(second.applied > 0), "the second projector applies")
             # The second one left: the first takes its partitions back.
             await append_commands(pool, workload.commands(100))

@@ -1,4 +1,4 @@
-"""The relay: every committed event reaches the log in order per issue, across kills and lost logs."""
+"""The relay: every committed event reaches the log, in order per issue, across kills and lost logs."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ async def write_history(database_url: str, issues: int, comments: int) -> int:
         service = IssueService(pool, ReferenceData(pool))
         ids = []
         for n in range(issues):
-            command = c.OpenIssue(vendor_id="acme", title=f"i{n}", category="quality", priority="P3")
+            command = c.OpenIssue(
+                vendor_id="acme", title=f"i{n}", category="quality", priority="P3"
+            )
             _, body, _ = await service.open(SYSTEM, command, _render)
             ids.append(body["id"])
         for round_ in range(comments):
@@ -64,7 +66,9 @@ def relay_for(database_url: str, bootstrap: str, topic: str, kind: str) -> Relay
 async def published(database_url: str) -> int:
     conn = await asyncpg.connect(database_url)
     try:
-        return int(await conn.fetchval("SELECT count(*) FROM events WHERE published_at IS NOT NULL"))
+        return int(
+            await conn.fetchval("SELECT count(*) FROM events WHERE published_at IS NOT NULL")
+        )
     finally:
         await conn.close()
 
@@ -181,9 +185,7 @@ class CountingHandler:
         )
 
 
-async def run_consumer_until(
-    pool: asyncpg.Pool, bootstrap: str, topic: str, expected: int
-) -> None:
+async def run_consumer_until(pool: asyncpg.Pool, bootstrap: str, topic: str, expected: int) -> None:
     stop = asyncio.Event()
     consumer = LogConsumer(
         name="counter", pool=pool, bootstrap=bootstrap, topic=topic, handler=CountingHandler()
@@ -210,7 +212,9 @@ async def test_lost_broker_log_is_refilled_and_consumers_apply_once(
     await asyncio.to_thread(first.start)
     try:
         stop = asyncio.Event()
-        task = asyncio.create_task(relay_for(database_url, first.bootstrap, topic, "tansu").run(stop))
+        task = asyncio.create_task(
+            relay_for(database_url, first.bootstrap, topic, "tansu").run(stop)
+        )
         while await published(database_url) < total:
             await asyncio.sleep(0.05)
         stop.set()

@@ -34,7 +34,7 @@ SELECT position, event_id::text, stream_id, version, type, time, data::text, tra
 FROM events WHERE position > $1 ORDER BY position
 """
 ISSUE_EVENT_TYPES = (
-    "SELECT type, data::text FROM events WHERE stream_type = 'issue' ORDER BY position"
+    "SELECT stream_id, type, data::text FROM events WHERE stream_type = 'issue' ORDER BY position"
 )
 
 

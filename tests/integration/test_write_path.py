@@ -29,9 +29,12 @@ async def test_concurrent_commands_get_consecutive_versions(api: Stack) -> None:
     assert [r[0] for r in results] == [200] * 50
     conn = await asyncpg.connect(api.settings.database_url)
     try:
-        versions = [r[0] for r in await conn.fetch(
-            "SELECT version FROM events WHERE stream_id = $1 ORDER BY version", issue["id"]
-        )]
+        versions = [
+            r[0]
+            for r in await conn.fetch(
+                "SELECT version FROM events WHERE stream_id = $1 ORDER BY version", issue["id"]
+            )
+        ]
         head = await conn.fetchval("SELECT version FROM streams WHERE stream_id = $1", issue["id"])
     finally:
         await conn.close()
@@ -80,8 +83,13 @@ async def test_idempotent_retry_returns_the_stored_response(api: Stack) -> None:
 async def test_idempotent_open_and_external_ref(api: Stack) -> None:
     async with api.client() as http:
         await create_vendor(http)
-        body = {"vendor_id": "acme-it", "title": "t", "category": "quality", "priority": "P2",
-                "external_ref": "jira:OPS-123"}
+        body = {
+            "vendor_id": "acme-it",
+            "title": "t",
+            "category": "quality",
+            "priority": "P2",
+            "external_ref": "jira:OPS-123",
+        }
         results = []
         for _ in range(3):
             async with http.post("/v1/issues", json=body) as resp:

@@ -76,8 +76,13 @@ def _check_timezone(vendor: Vendor) -> None:
 
 
 @routes.route(
-    "GET", "/v1/vendors", summary="List vendors", tag="vendors", response=VendorPage,
-    roles=READERS, errors=(401,),
+    "GET",
+    "/v1/vendors",
+    summary="List vendors",
+    tag="vendors",
+    response=VendorPage,
+    roles=READERS,
+    errors=(401,),
 )
 async def list_vendors(request: web.Request) -> web.Response:
     who = principal(request)
@@ -87,8 +92,13 @@ async def list_vendors(request: web.Request) -> web.Response:
 
 
 @routes.route(
-    "GET", "/v1/vendors/{vendor_id}", summary="One vendor", tag="vendors", response=Vendor,
-    roles=READERS, errors=(401, 404),
+    "GET",
+    "/v1/vendors/{vendor_id}",
+    summary="One vendor",
+    tag="vendors",
+    response=Vendor,
+    roles=READERS,
+    errors=(401, 404),
 )
 async def get_vendor(request: web.Request) -> web.Response:
     vendor_id = request.match_info["vendor_id"]
@@ -104,8 +114,13 @@ async def _governance_body(request: web.Request) -> dict[str, object]:
 
 
 @routes.route(
-    "GET", "/v1/governance", summary="The governance ladder and SLA policy", tag="governance",
-    response=GovernanceOut, roles=READERS, errors=(401,),
+    "GET",
+    "/v1/governance",
+    summary="The governance ladder and SLA policy",
+    tag="governance",
+    response=GovernanceOut,
+    roles=READERS,
+    errors=(401,),
 )
 async def get_governance(request: web.Request) -> web.Response:
     return json_response(await _governance_body(request))
@@ -131,8 +146,13 @@ async def put_governance(request: web.Request) -> web.Response:
                 422,
                 "validation-failed",
                 f"calendar {name!r}: {exc}",
-                errors=[{"pointer": f"#/calendars/{name}", "field": f"calendars.{name}",
-                         "detail": str(exc)}],
+                errors=[
+                    {
+                        "pointer": f"#/calendars/{name}",
+                        "field": f"calendars.{name}",
+                        "detail": str(exc),
+                    }
+                ],
             ) from None
     async with request.app[POOL].acquire() as conn:
         await vendor_store.replace_governance(conn, governance, datetime.now(UTC))
@@ -170,8 +190,13 @@ async def create_api_key(request: web.Request) -> web.Response:
 
 
 @routes.route(
-    "GET", "/v1/api-keys", summary="List API keys (never the keys themselves)", tag="api-keys",
-    response=ApiKeyPage, roles=("admin",), errors=(401, 403),
+    "GET",
+    "/v1/api-keys",
+    summary="List API keys (never the keys themselves)",
+    tag="api-keys",
+    response=ApiKeyPage,
+    roles=("admin",),
+    errors=(401, 403),
 )
 async def list_api_keys(request: web.Request) -> web.Response:
     keys = await key_store.list_api_keys(request.app[POOL])
@@ -179,8 +204,13 @@ async def list_api_keys(request: web.Request) -> web.Response:
 
 
 @routes.route(
-    "DELETE", "/v1/api-keys/{key_id}", summary="Revoke an API key at once", tag="api-keys",
-    status=204, roles=("admin",), errors=(401, 403, 404),
+    "DELETE",
+    "/v1/api-keys/{key_id}",
+    summary="Revoke an API key at once",
+    tag="api-keys",
+    status=204,
+    roles=("admin",),
+    errors=(401, 403, 404),
 )
 async def revoke_api_key(request: web.Request) -> web.Response:
     try:

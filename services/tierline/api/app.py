@@ -17,7 +17,7 @@ from tierline.api import admin, issues
 from tierline.api.keys import ISSUES, KAFKA_BOOTSTRAP, OPENAPI, POOL, REFERENCE, SETTINGS
 from tierline.api.openapi import build_openapi
 from tierline.api.problems import Problem, problem_response
-from tierline.api.registry import PRINCIPAL_KEY, RouteTable, json_response
+from tierline.api.registry import PRINCIPAL_KEY, Handler, RouteTable, json_response
 from tierline.api.schemas import Health
 from tierline.config import Settings
 from tierline.eventlog.kafka import kafka_ready
@@ -51,14 +51,22 @@ def openapi_document() -> dict[str, object]:
     return build_openapi(operations, dist_version("tierline"))
 
 
-@ops.route("GET", "/healthz", summary="The process is up", tag="operations", public=True,
-           response=Health)
+@ops.route(
+    "GET", "/healthz", summary="The process is up", tag="operations", public=True, response=Health
+)
 async def healthz(request: web.Request) -> web.Response:
     return json_response(Health(status="ok"))
 
 
-@ops.route("GET", "/readyz", summary="PostgreSQL and Kafka answer", tag="operations",
-           public=True, response=Health, errors=(503,))
+@ops.route(
+    "GET",
+    "/readyz",
+    summary="PostgreSQL and Kafka answer",
+    tag="operations",
+    public=True,
+    response=Health,
+    errors=(503,),
+)
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}
     try:
@@ -70,7 +78,8 @@ async def readyz(request: web.Request) -> web.Response:
     checks["kafka"] = "ok" if await kafka_ready(request.app[KAFKA_BOOTSTRAP]) else "error"
     ready = all(v == "ok" for v in checks.values())
     return json_response(
-        Health(status="ready" if ready else "not ready", checks=checks), status=200 if ready else 503
+        Health(status="ready" if ready else "not ready", checks=checks),
+        status=200 if ready else 503,
     )
 
 
@@ -99,13 +108,15 @@ def _traceparent(request: web.Request) -> tuple[str, str]:
 
 
 @web.middleware
-async def context_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind request and trace ids to the logs; render every error as problem details."""
     traceparent, trace_id = _traceparent(request)
     request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
     request[issues.TRACEPARENT_KEY] = traceparent
     structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
-    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    route = (
+        request.match_info.route.resource.canonical if request.match_info.route.resource else "?"
+    )
     started = time.perf_counter()
     try:
         response = await _with_problems(request, handler)
@@ -118,7 +129,7 @@ async def context_middleware(request: web.Request, handler: web.RequestHandler) 
     return response
 
 
-async def _with_problems(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def _with_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except Problem as p:
@@ -137,7 +148,7 @@ async def _with_problems(request: web.Request, handler: web.RequestHandler) -> w
 
 
 @web.middleware
-async def auth_middleware(request: web.Request, handler: web.RequestHandler) -> web.StreamResponse:
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Resolve `Authorization: Bearer` to a principal; unknown or revoked keys are 401."""
     header = request.headers.get("Authorization")
     public = getattr(request.match_info.handler, "tierline_public", False)

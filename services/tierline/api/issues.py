@@ -70,8 +70,6 @@ def _answer(response: Response) -> web.Response:
     return json_response(body, status=status, headers=headers)
 
 
-
-
 @routes.route(
     "POST",
     "/v1/issues",
@@ -102,7 +100,9 @@ async def open_issue(request: web.Request) -> web.Response:
             errors=[{"pointer": "#/vendor_id", "field": "vendor_id", "detail": "unknown vendor"}],
         ) from None
     except IdempotencyKeyReused:
-        raise Problem(422, "idempotency-key-reused", "the key was used for another request") from None
+        raise Problem(
+            422, "idempotency-key-reused", "the key was used for another request"
+        ) from None
     return _answer(response)
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -30,7 +30,9 @@ def build_openapi(operations: list[Operation], version: str) -> dict[str, Any]:
     for op in operations:
         models.update(m for m in (op.request, op.response) if m is not None)
     ordered = sorted(models, key=lambda m: m.__name__)
-    pairs = [(m, "validation" if _is_request(m, operations) else "serialization") for m in ordered]
+    pairs: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (m, "validation" if _is_request(m, operations) else "serialization") for m in ordered
+    ]
     refs, schemas = models_json_schema(pairs, ref_template="#/components/schemas/{model}")
     components = dict(sorted(schemas.get("$defs", {}).items()))
     components["Problem"] = PROBLEM_SCHEMA
@@ -65,14 +67,23 @@ def _operation(op: Operation, refs: dict[Any, Any]) -> dict[str, Any]:
         for name in _path_params(op.path)
     ]
     params += [
-        {"name": name, "in": "query", "required": False, "description": text,
-         "schema": {"type": "string"}}
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "description": text,
+            "schema": {"type": "string"},
+        }
         for name, text in op.query.items()
     ]
     if op.request is not None and op.method != "GET":
         params += [
-            {"name": "Idempotency-Key", "in": "header", "required": False,
-             "schema": {"type": "string"}}
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string"},
+            }
         ]
         mode = "validation" if (op.request, "validation") in refs else "serialization"
         doc["requestBody"] = {

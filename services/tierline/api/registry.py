@@ -72,11 +72,21 @@ class RouteTable:
                 return await handler(request_)
 
             guarded.__name__ = handler.__name__
-            setattr(guarded, "tierline_public", public)
+            guarded.tierline_public = public  # type: ignore[attr-defined]
             self.operations.append(
                 Operation(
-                    method, path, guarded, summary, tag, request, response, status,
-                    allowed, public, query or {}, errors,
+                    method,
+                    path,
+                    guarded,
+                    summary,
+                    tag,
+                    request,
+                    response,
+                    status,
+                    allowed,
+                    public,
+                    query or {},
+                    errors,
                 )
             )
             return guarded
@@ -91,7 +101,7 @@ class RouteTable:
 
 def principal(request: web.Request) -> Principal:
     """The authenticated caller (set by the auth middleware)."""
-    who = request.get(PRINCIPAL_KEY)
+    who: Principal | None = request.get(PRINCIPAL_KEY)
     if who is None:
         raise Problem(401, "unauthenticated", "send Authorization: Bearer <api key>")
     return who
@@ -146,7 +156,9 @@ def request_hash(request: web.Request, payload: Any) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{canonical}".encode()).hexdigest()
 
 
-def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+def json_response(
+    body: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
     """A JSON response (pydantic models dumped in JSON mode)."""
     if isinstance(body, BaseModel):
         text = body.model_dump_json()

@@ -54,8 +54,7 @@ class IssueOut(BaseModel):
         return cls(
             **issue.model_dump(exclude={"clocks", "status_before_hold", "clock_seq"}),
             sla=[
-                ClockOut(**k.model_dump(include=set(ClockOut.model_fields)))
-                for k in issue.clocks
+                ClockOut(**k.model_dump(include=set(ClockOut.model_fields))) for k in issue.clocks
             ],
         )
 

@@ -161,9 +161,8 @@ ISSUE_EVENT_CLASSES: tuple[type[Event], ...] = (
     SlaWarning,
     SlaBreached,
 )
-EVENT_CLASSES: dict[str, type[Event]] = {
-    cls.event_type(): cls for cls in (*ISSUE_EVENT_CLASSES, PolicyChanged)
-}
+_ALL_EVENT_CLASSES: tuple[type[Event], ...] = (*ISSUE_EVENT_CLASSES, PolicyChanged)
+EVENT_CLASSES: dict[str, type[Event]] = {cls.event_type(): cls for cls in _ALL_EVENT_CLASSES}
 
 
 def event_from_json(event_type: str, data: dict[str, Any]) -> Event:

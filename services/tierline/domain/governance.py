@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -86,10 +86,10 @@ class Governance(BaseModel):
         return None
 
 
-def _policy(tier: int, priority: Priority, respond: float, resolve: float) -> SlaPolicy:
+def _policy(tier: int, priority: str, respond: float, resolve: float) -> SlaPolicy:
     return SlaPolicy(
         tier=tier,
-        priority=priority,
+        priority=cast(Priority, priority),
         respond_within=timedelta(hours=respond),
         resolve_within=timedelta(hours=resolve),
         auto_escalate=priority in ("P1", "P2"),

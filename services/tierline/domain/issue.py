@@ -1,4 +1,4 @@
-"""The issue aggregate: `decide(state, command, now, rules) -> events` and `evolve(state, event)`."""
+"""The issue aggregate: `decide(state, command, now, rules) -> events`, `evolve(state, event)`."""
 
 from __future__ import annotations
 
@@ -95,7 +95,9 @@ def _new_clocks(
     if policy is None:
         return [], seq
     seq += 1
-    clocks = [start_clock(f"{kind}-{seq}", kind, policy, now, rules.calendar) for kind in CLOCK_KINDS]
+    clocks = [
+        start_clock(f"{kind}-{seq}", kind, policy, now, rules.calendar) for kind in CLOCK_KINDS
+    ]
     return clocks, seq
 
 
@@ -305,7 +307,9 @@ def _(command: c.RecomputeSla, state: Issue, now: datetime, rules: Rules) -> lis
     ]
 
 
-def evolve(state: Issue | None, event: e.Event, *, issue_id: str, version: int, at: datetime) -> Issue:
+def evolve(
+    state: Issue | None, event: e.Event, *, issue_id: str, version: int, at: datetime
+) -> Issue:
     """The state after one recorded event."""
     if isinstance(event, e.Opened):
         return Issue(

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, cast
 
 import asyncpg
 import structlog
@@ -26,23 +26,26 @@ from tierline.eventlog.kafka import cluster_identity
 
 log = structlog.get_logger(__name__)
 
-EVENTS_APPLIED = Counter(
-    "tierline_consumer_events_applied_total", "Events applied", ["consumer"]
-)
+EVENTS_APPLIED = Counter("tierline_consumer_events_applied_total", "Events applied", ["consumer"])
 EVENTS_SKIPPED = Counter(
     "tierline_consumer_events_skipped_total", "Events skipped as already applied", ["consumer"]
 )
 VERSION_GAPS = Counter(
-    "tierline_consumer_version_gaps_total", "Events that arrived after a missing version",
+    "tierline_consumer_version_gaps_total",
+    "Events that arrived after a missing version",
     ["consumer"],
 )
 BATCH_SIZE = Histogram(
-    "tierline_consumer_batch_size", "Events per applied batch", ["consumer"],
+    "tierline_consumer_batch_size",
+    "Events per applied batch",
+    ["consumer"],
     buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
 )
 LAG = Gauge("tierline_consumer_lag", "Messages behind the log end", ["consumer", "partition"])
 FRESHNESS = Histogram(
-    "tierline_consumer_event_age_seconds", "Time from event time to applied", ["consumer"],
+    "tierline_consumer_event_age_seconds",
+    "Time from event time to applied",
+    ["consumer"],
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
@@ -100,7 +103,9 @@ async def apply_batch(
     streams = sorted({r.event.stream_id for r in records})
     async with conn.transaction():
         await conn.execute(CLAIM_STREAMS, consumer, streams)
-        applied = dict(await conn.fetch(LOCK_STREAMS, consumer, streams))
+        applied: dict[str, int] = {
+            row[0]: row[1] for row in await conn.fetch(LOCK_STREAMS, consumer, streams)
+        }
         fresh: list[LogEvent] = []
         for record in records:
             event = record.event
@@ -121,9 +126,7 @@ async def apply_batch(
         if fresh:
             await handler.apply(conn, fresh)
             touched = {e.stream_id for e in fresh}
-            await conn.execute(
-                SAVE_STREAMS, consumer, list(touched), [applied[s] for s in touched]
-            )
+            await conn.execute(SAVE_STREAMS, consumer, list(touched), [applied[s] for s in touched])
         next_offsets: dict[int, int] = {}
         for record in records:
             next_offsets[record.partition] = max(
@@ -269,8 +272,12 @@ class LogConsumer:
                 try:
                     event = from_kafka_record(msg.value, list(msg.headers))
                 except ValueError as exc:
-                    log.error("consumer_undecodable", partition=tp.partition, offset=msg.offset,
-                              error=str(exc))
+                    log.error(
+                        "consumer_undecodable",
+                        partition=tp.partition,
+                        offset=msg.offset,
+                        error=str(exc),
+                    )
                     continue
                 records.append(Record(tp.partition, msg.offset, event))
             if messages:
@@ -281,7 +288,14 @@ class LogConsumer:
             return 0
         started = time.time()
         async with self._pool.acquire() as conn:
-            await apply_batch(conn, self.name, self._topic, self._identity, records, self._handler)
+            await apply_batch(
+                cast(asyncpg.Connection, conn),
+                self.name,
+                self._topic,
+                self._identity,
+                records,
+                self._handler,
+            )
         BATCH_SIZE.labels(self.name).observe(len(records))
         for record in records[-1:]:
             FRESHNESS.labels(self.name).observe(max(0.0, started - record.event.time.timestamp()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import structlog
@@ -25,10 +26,8 @@ async def probe_idempotence(bootstrap: str, timeout: float = 10.0) -> bool:
         log.info("kafka_idempotence_unavailable", error=repr(exc))
         return False
     finally:
-        try:
+        with contextlib.suppress(KafkaError, TimeoutError):
             await asyncio.wait_for(producer.stop(), timeout)
-        except (KafkaError, TimeoutError):
-            pass
 
 
 async def resolve_idempotence(setting: str, bootstrap: str) -> bool:
@@ -75,10 +74,10 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
                 log.warning("topic_create_with_config_failed", topic=topic, code=code, detail=rest)
                 plain = NewTopic(name=topic, num_partitions=partitions, replication_factor=1)
                 retry = await admin.create_topics([plain])
-                code = retry.topic_errors[0][1]
+                code = int(retry.topic_errors[0][1])
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise RuntimeError(f"cannot create topic {topic}: error code {code}")
-                return code == 0
+                return bool(code == 0)
         log.info("topic_created", topic=topic, partitions=partitions)
         return True
     finally:
@@ -90,7 +89,7 @@ async def cluster_identity(bootstrap: str) -> str:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        info = await admin.describe_cluster()
+        info: dict[str, object] = await admin.describe_cluster()
         return str(info.get("cluster_id") or "unknown")
     finally:
         await admin.close()
@@ -100,6 +99,6 @@ async def kafka_ready(bootstrap: str, timeout: float = 5.0) -> bool:
     """A real metadata round trip to the broker."""
     try:
         await asyncio.wait_for(cluster_identity(bootstrap), timeout)
-        return True
     except (KafkaError, TimeoutError, OSError):
         return False
+    return True

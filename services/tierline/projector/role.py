@@ -51,9 +51,9 @@ class ProjectorConsumer(LogConsumer):
         self._stop = stop
         await super().run(stop)
 
-    async def poll_once(self, consumer: AIOKafkaConsumer) -> int:
+    async def poll_once(self, consumer: AIOKafkaConsumer, stop: asyncio.Event | None = None) -> int:
         """One gated batch; then the freshness of what it committed."""
-        generation = await self._gate.enter(self._stop)
+        generation = await self._gate.enter(stop or self._stop)
         if generation is None:
             return 0
         try:
@@ -63,7 +63,7 @@ class ProjectorConsumer(LogConsumer):
                     self.projector.forget()
                     await self.seek_assigned(list(consumer.assignment()))
                 self._generation = generation
-            count = await super().poll_once(consumer)
+            count = await super().poll_once(consumer, stop)
         finally:
             await self._gate.leave()
         now = time.time()

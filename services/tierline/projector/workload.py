@@ -48,7 +48,12 @@ WORKLOAD_GOVERNANCE = Governance(
     sla=[
         _policy(tier, priority, respond, resolve)
         for tier in (1, 2, 3)
-        for priority, respond, resolve in (("P1", 1, 6), ("P2", 2, 12), ("P3", 4, 24), ("P4", 8, 48))
+        for priority, respond, resolve in (
+            ("P1", 1, 6),
+            ("P2", 2, 12),
+            ("P3", 4, 24),
+            ("P4", 8, 48),
+        )
     ],
 )
 
@@ -129,7 +134,7 @@ class Workload:
         command = c.OpenIssue(
             vendor_id=self._random.choice(self.vendors),
             title=f"Generated issue {issue_id[:8]}",
-            category=self._random.choice(CATEGORIES),  # type: ignore[arg-type]
+            category=self._random.choice(CATEGORIES),
             priority=self._random.choice(PRIORITIES),
             reported_by="workload",
         )

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import structlog
 
+from tierline.store.pool import Conn
 from tierline.domain import commands as c
 from tierline.domain.events import Event
 from tierline.domain.issue import Issue, decide, evolve
@@ -135,7 +136,9 @@ class IssueService:
     ) -> Response:
         async with self._pool.acquire() as conn, conn.transaction():
             if idem is not None:
-                stored = await idempotency.claim(conn, principal.key_id, idem.key, idem.request_hash)
+                stored = await idempotency.claim(
+                    conn, principal.key_id, idem.key, idem.request_hash
+                )
                 if stored is not None:
                     return stored.status, stored.body, stored.headers
             if command.external_ref is not None:
@@ -153,7 +156,7 @@ class IssueService:
             log.info("issue_opened", issue_id=issue_id, vendor_id=command.vendor_id)
             return await self._finish(conn, principal, idem, render(issue, True))
 
-    async def _by_external_ref(self, conn: asyncpg.Connection, ref: str) -> Issue | None:
+    async def _by_external_ref(self, conn: Conn, ref: str) -> Issue | None:
         system, key = ref.split(":", 1)
         stream_id = await conn.fetchval(FIND_REF, system, key)
         if stream_id is None:
@@ -176,7 +179,9 @@ class IssueService:
         """Run one command against an issue inside one transaction."""
         async with self._pool.acquire() as conn, conn.transaction():
             if idem is not None:
-                stored = await idempotency.claim(conn, principal.key_id, idem.key, idem.request_hash)
+                stored = await idempotency.claim(
+                    conn, principal.key_id, idem.key, idem.request_hash
+                )
                 if stored is not None:
                     return stored.status, stored.body, stored.headers
             head = await lock_head(conn, issue_id)
@@ -198,7 +203,7 @@ class IssueService:
 
     async def _append(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         issue_id: str,
         issue: Issue | None,
         events: list[Event],
@@ -225,7 +230,7 @@ class IssueService:
 
     async def _finish(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         principal: Principal,
         idem: IdempotencyRequest | None,
         response: Response,

@@ -24,7 +24,8 @@ SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
 WHERE key_hash = $1 AND revoked_at IS NULL
 """
 LIST_KEYS = """
-SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys ORDER BY created_at, id
+SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
+ORDER BY created_at, id
 """
 REVOKE_KEY = """
 UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id

@@ -8,6 +8,8 @@ from datetime import datetime
 
 import asyncpg
 
+from tierline.store.pool import Conn
+
 LOCK_HEAD = "SELECT version, snapshot::text FROM streams WHERE stream_id = $1 FOR UPDATE"
 READ_HEAD = "SELECT version, snapshot::text FROM streams WHERE stream_id = $1"
 
@@ -66,20 +68,20 @@ class StoredEvent:
     traceparent: str | None
 
 
-async def lock_head(conn: asyncpg.Connection, stream_id: str) -> tuple[int, str] | None:
+async def lock_head(conn: Conn, stream_id: str) -> tuple[int, str] | None:
     """Lock a stream's head row for this transaction; None when the stream does not exist."""
     row = await conn.fetchrow(LOCK_HEAD, stream_id)
     return None if row is None else (row[0], row[1])
 
 
-async def read_head(conn: asyncpg.Connection | asyncpg.Pool, stream_id: str) -> tuple[int, str] | None:
+async def read_head(conn: Conn | asyncpg.Pool, stream_id: str) -> tuple[int, str] | None:
     """A stream's version and snapshot, without locking."""
     row = await conn.fetchrow(READ_HEAD, stream_id)
     return None if row is None else (row[0], row[1])
 
 
 async def append_events(
-    conn: asyncpg.Connection,
+    conn: Conn,
     *,
     stream_id: str,
     stream_type: str,
@@ -117,7 +119,7 @@ async def append_events(
     return ids
 
 
-async def stream_events(conn: asyncpg.Connection | asyncpg.Pool, stream_id: str) -> list[StoredEvent]:
+async def stream_events(conn: Conn | asyncpg.Pool, stream_id: str) -> list[StoredEvent]:
     """Every event of one stream, in version order."""
     rows = await conn.fetch(STREAM_EVENTS, stream_id)
     return [StoredEvent(*row) for row in rows]

@@ -8,11 +8,16 @@ from typing import Any
 
 import asyncpg
 
+from tierline.store.pool import Conn
+
 CLAIM = """
 INSERT INTO idempotency_keys (principal, key, request_hash, status)
 VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING RETURNING 1
 """
-STORED = "SELECT request_hash, status, body::text, headers::text FROM idempotency_keys WHERE principal = $1 AND key = $2"
+STORED = """
+SELECT request_hash, status, body::text, headers::text FROM idempotency_keys
+WHERE principal = $1 AND key = $2
+"""
 COMPLETE = """
 UPDATE idempotency_keys SET status = $3, body = $4::jsonb, headers = $5::jsonb
 WHERE principal = $1 AND key = $2
@@ -32,9 +37,7 @@ class StoredResponse:
     headers: dict[str, str]
 
 
-async def claim(
-    conn: asyncpg.Connection, principal: str, key: str, request_hash: str
-) -> StoredResponse | None:
+async def claim(conn: Conn, principal: str, key: str, request_hash: str) -> StoredResponse | None:
     """Claim the key inside the caller's transaction; a stored response if it was used already.
 
     A concurrent request with the same key waits on the unique index until the first commits.
@@ -50,7 +53,7 @@ async def claim(
 
 
 async def complete(
-    conn: asyncpg.Connection,
+    conn: Conn,
     principal: str,
     key: str,
     status: int,

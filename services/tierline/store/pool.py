@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 
 async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
@@ -15,3 +18,7 @@ async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 2
     )
     assert pool is not None
     return pool
+
+
+# A connection as handlers see it: a plain one, or one borrowed from the pool.
+Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"

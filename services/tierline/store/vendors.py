@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from tierline.store.pool import Conn
 from tierline.domain.events import PolicyChanged
 from tierline.domain.governance import DEFAULT_GOVERNANCE, Governance, Vendor
 from tierline.store.event_store import NewEvent, append_events, lock_head
@@ -33,7 +34,7 @@ def _vendor(row: asyncpg.Record) -> Vendor:
     return Vendor(id=row[0], name=row[1], timezone=row[2], calendar=calendar)
 
 
-async def insert_vendor(conn: asyncpg.Connection | asyncpg.Pool, vendor: Vendor) -> None:
+async def insert_vendor(conn: Conn | asyncpg.Pool, vendor: Vendor) -> None:
     """Register a vendor; DuplicateVendor when the id is taken."""
     calendar = vendor.model_dump(mode="json")["calendar"]
     row = await conn.fetchrow(
@@ -47,18 +48,18 @@ async def insert_vendor(conn: asyncpg.Connection | asyncpg.Pool, vendor: Vendor)
         raise DuplicateVendor(vendor.id)
 
 
-async def list_vendors(conn: asyncpg.Connection | asyncpg.Pool) -> list[Vendor]:
+async def list_vendors(conn: Conn | asyncpg.Pool) -> list[Vendor]:
     """Every vendor, by id."""
     return [_vendor(r) for r in await conn.fetch(SELECT_VENDORS + " ORDER BY id")]
 
 
-async def get_vendor(conn: asyncpg.Connection | asyncpg.Pool, vendor_id: str) -> Vendor | None:
+async def get_vendor(conn: Conn | asyncpg.Pool, vendor_id: str) -> Vendor | None:
     """One vendor or None."""
     row = await conn.fetchrow(SELECT_VENDORS + " WHERE id = $1", vendor_id)
     return None if row is None else _vendor(row)
 
 
-async def current_governance(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[int, Governance]:
+async def current_governance(conn: Conn | asyncpg.Pool) -> tuple[int, Governance]:
     """The governance document in force and its version (0 = the built-in default)."""
     row = await conn.fetchrow(CURRENT_GOVERNANCE)
     if row is None:
@@ -66,9 +67,7 @@ async def current_governance(conn: asyncpg.Connection | asyncpg.Pool) -> tuple[i
     return row[0], Governance.model_validate_json(row[1])
 
 
-async def replace_governance(
-    conn: asyncpg.Connection, governance: Governance, now: datetime
-) -> int:
+async def replace_governance(conn: Conn, governance: Governance, now: datetime) -> int:
     """Store a new governance version and record it as an event on the governance stream."""
     async with conn.transaction():
         head = await lock_head(conn, GOVERNANCE_STREAM)

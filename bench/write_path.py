@@ -1,0 +1,245 @@
+"""Write-path benchmark.
+
+1. HTTP: commands/s and p50/p99 latency with N concurrent clients against `tierline dev`
+   (every role in one process, PostgreSQL and the broker as children), on distinct issues and
+   on a few hot issues.
+2. In-process append: Tierline's `append_events` (lock head, insert event, update head and
+   snapshot, one transaction per command) side by side with the `eventsourcing` library's
+   PostgreSQL recorder `insert_events`, same event size, same writer count, same PostgreSQL.
+
+Run: `python bench/write_path.py` (or `make bench-write`); `--help` for sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import asyncpg
+from rich.console import Console
+from rich.table import Table
+
+from bench.common import dev_stack, save, summary
+from tierline.store.event_store import NewEvent, append_events, lock_head
+
+console = Console()
+PAYLOAD = json.dumps({"body": "x" * 220, "author": "bench"})  # ~250 B like a comment event
+
+
+async def http_load(
+    api: str, key: str, clients: int, seconds: float, hot: int | None
+) -> dict[str, Any]:
+    """Drive comment commands for `seconds`; hot=None gives each client its own issue."""
+    headers = {"Authorization": f"Bearer {key}"}
+    conn = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(api, headers=headers, connector=conn) as http:
+        n_issues = clients if hot is None else hot
+        ids = []
+        for i in range(n_issues):
+            body = {
+                "vendor_id": "bench",
+                "title": f"bench {i}",
+                "category": "quality",
+                "priority": "P3",
+            }
+            async with http.post("/v1/issues", json=body) as resp:
+                ids.append((await resp.json())["id"])
+        latencies: list[float] = []
+        errors = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def client(n: int) -> None:
+            nonlocal errors
+            issue = ids[n % len(ids)]
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                async with http.post(
+                    f"/v1/issues/{issue}/comments", json={"body": "bench comment " + "x" * 200}
+                ) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client(n) for n in range(clients)))
+        elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "issues": n_issues,
+        "commands": len(latencies),
+        "errors": errors,
+        "commands_per_s": round(len(latencies) / elapsed),
+        **summary(latencies),
+    }
+
+
+async def tierline_append(database_url: str, writers: int, per_writer: int) -> float:
+    """Events/s through `append_events`, one transaction per event, one stream per writer."""
+    pool = await asyncpg.create_pool(database_url, min_size=writers, max_size=writers)
+    assert pool is not None
+    now = datetime.now(UTC)
+
+    async def writer() -> None:
+        stream = str(uuid.uuid4())
+        for version in range(per_writer):
+            async with pool.acquire() as conn, conn.transaction():
+                await lock_head(conn, stream)
+                await append_events(
+                    conn,
+                    stream_id=stream,
+                    stream_type="bench",
+                    vendor_id=None,
+                    expected_version=version,
+                    events=[NewEvent("bench.v1", PAYLOAD)],
+                    snapshot_json=f'{{"v": {version}}}',
+                    time=now,
+                )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer() for _ in range(writers)))
+    elapsed = time.perf_counter() - started
+    await pool.close()
+    return writers * per_writer / elapsed
+
+
+def eventsourcing_append(dsn: dict[str, Any], writers: int, per_writer: int) -> float:
+    """Events/s through eventsourcing's PostgresApplicationRecorder.insert_events."""
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+
+    datastore = PostgresDatastore(
+        dsn["database"],
+        dsn["host"],
+        dsn["port"],
+        dsn["user"],
+        "",
+        pool_size=writers,
+        max_overflow=0,
+    )
+    table = f"es_{uuid.uuid4().hex[:8]}"
+    recorder = PostgresApplicationRecorder(datastore, events_table_name=table)
+    recorder.create_table()
+    state = PAYLOAD.encode()
+
+    def writer() -> None:
+        originator = uuid.uuid4()
+        for version in range(1, per_writer + 1):
+            recorder.insert_events([StoredEvent(originator, version, "bench:Event", state)])
+
+    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    datastore.close()
+    return writers * per_writer / elapsed
+
+
+async def prepare_append_db(database_url: str) -> str:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS bench_append")
+        await conn.execute("CREATE DATABASE bench_append")
+    finally:
+        await conn.close()
+    from tierline.store.migrate import migrate_url
+
+    url = database_url.rsplit("/", 1)[0] + "/bench_append"
+    await migrate_url(url)
+    return url
+
+
+async def main(args: argparse.Namespace) -> None:
+    results: dict[str, Any] = {"http": [], "append": []}
+    with dev_stack() as dev:
+        api, key = dev["api_url"], dev["admin_key"]
+        async with aiohttp.ClientSession(api, headers={"Authorization": f"Bearer {key}"}) as http:
+            await http.post("/v1/vendors", json={"id": "bench", "name": "Bench"})
+        if not args.skip_http:
+            for clients in args.clients:
+                for hot in (None, args.hot):
+                    await http_load(api, key, clients, 1.0, hot)  # warm-up
+                    row = await http_load(api, key, clients, args.seconds, hot)
+                    row["scenario"] = "distinct" if hot is None else f"hot({hot})"
+                    results["http"].append(row)
+                    console.print(row)
+        url = await prepare_append_db(dev["database_url"])
+        host_port = url.split("@", 1)[1].split("/", 1)[0]
+        dsn = {
+            "database": "bench_append",
+            "host": host_port.split(":")[0],
+            "port": host_port.split(":")[1],
+            "user": url.split("//", 1)[1].split("@")[0],
+        }
+        for writers in args.writers:
+            ours = await tierline_append(url, writers, args.events // writers)
+            theirs = await asyncio.to_thread(
+                eventsourcing_append, dsn, writers, args.events // writers
+            )
+            row = {
+                "writers": writers,
+                "tierline_events_per_s": round(ours),
+                "eventsourcing_events_per_s": round(theirs),
+                "ratio": round(ours / theirs, 2),
+            }
+            results["append"].append(row)
+            console.print(row)
+    render(results)
+    results["percentile_method"] = "nearest rank"
+    console.print(f"saved {save('write_path', results)}")
+
+
+def render(results: dict[str, Any]) -> None:
+    table = Table(title="HTTP commands (comments) through tierline dev")
+    for col in ("scenario", "clients", "commands/s", "p50 ms", "p99 ms", "errors"):
+        table.add_column(col)
+    for r in results["http"]:
+        table.add_row(
+            r["scenario"],
+            str(r["clients"]),
+            str(r["commands_per_s"]),
+            str(r["p50_ms"]),
+            str(r["p99_ms"]),
+            str(r["errors"]),
+        )
+    console.print(table)
+    table = Table(title="In-process append, one transaction per event")
+    for col in ("writers", "tierline ev/s", "eventsourcing ev/s", "ratio"):
+        table.add_column(col)
+    for r in results["append"]:
+        table.add_row(
+            str(r["writers"]),
+            str(r["tierline_events_per_s"]),
+            str(r["eventsourcing_events_per_s"]),
+            str(r["ratio"]),
+        )
+    console.print(table)
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64]
+    )
+    parser.add_argument("--hot", type=int, default=4, help="issues shared in the hot scenario")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--writers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32]
+    )
+    parser.add_argument("--events", type=int, default=8000, help="events per append run")
+    parser.add_argument("--skip-http", action="store_true")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))
