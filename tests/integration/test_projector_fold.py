@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -191,7 +192,7 @@ def test_how_the_log_is_cut_into_batches_changes_nothing(cuts: list[int]) -> Non
     states: dict[str, IssueRow] = {}
     merged = BatchChanges()
     bounds = [0, *sorted(set(cuts)), len(WORKLOAD_EVENTS)]
-    for start, end in zip(bounds, bounds[1:], strict=False):
+    for start, end in itertools.pairwise(bounds):
         _merge(merged, fold(states, WORKLOAD_EVENTS[start:end]))
     assert merged.issues == whole.issues
     assert merged.timeline == whole.timeline

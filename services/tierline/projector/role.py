@@ -13,7 +13,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from prometheus_client import Histogram
 
-from tierline.config import Settings
+from tierline.config import ISSUE_EVENTS_TOPIC, Settings
 from tierline.eventlog.consumer import LogConsumer
 from tierline.projector.gate import ReplayGate
 from tierline.projector.handler import Projector
@@ -32,6 +32,13 @@ EVENT_AGE = Histogram(
 )
 
 
+def group_for(topic: str) -> str:
+    """The consumer group: one per topic, so projectors of other topics on a broker never meet."""
+    if topic == ISSUE_EVENTS_TOPIC:
+        return f"tierline.{CONSUMER_NAME}"
+    return f"tierline.{CONSUMER_NAME}.{topic}"
+
+
 class ProjectorConsumer(LogConsumer):
     """A LogConsumer whose batches pass through the replay gate.
 
@@ -40,6 +47,7 @@ class ProjectorConsumer(LogConsumer):
     """
 
     def __init__(self, *, projector: Projector, gate: ReplayGate, **kwargs: Any) -> None:
+        kwargs.setdefault("group_id", group_for(kwargs["topic"]))
         super().__init__(handler=projector, **kwargs)
         self.projector = projector
         self._gate = gate

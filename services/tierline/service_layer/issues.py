@@ -192,7 +192,7 @@ class IssueService:
                 raise IssueNotFound(issue_id)
             if if_match is not None and if_match != issue.version:
                 raise PreconditionFailed(issue.version)
-            rules = await self._reference.rules_for(issue.vendor_id)
+            rules = await self._reference.rules_for(issue.vendor_id, conn)
             if rules is None:
                 raise UnknownVendor(issue.vendor_id)
             now = max(self._clock(), issue.updated_at)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import asyncpg
@@ -10,6 +11,7 @@ from tierline.domain.calendar import BusinessCalendar
 from tierline.domain.governance import Governance, Vendor
 from tierline.domain.issue import Rules
 from tierline.store import vendors as vendor_store
+from tierline.store.pool import Conn
 
 
 class ReferenceData:
@@ -23,33 +25,49 @@ class ReferenceData:
         self.governance: Governance | None = None
         self._vendors: dict[str, Vendor] = {}
         self._calendars: dict[str, BusinessCalendar] = {}
+        self._lock = asyncio.Lock()
 
-    async def refresh(self) -> None:
-        """Reload everything now."""
-        version, governance = await vendor_store.current_governance(self._pool)
-        vendors = await vendor_store.list_vendors(self._pool)
+    async def refresh(self, conn: Conn | None = None) -> None:
+        """Reload everything now (through `conn` when the caller already holds one)."""
+        async with self._lock:
+            await self._load(conn)
+
+    async def _load(self, conn: Conn | None) -> None:
+        if conn is None:
+            async with self._pool.acquire() as own:
+                return await self._load(own)
+        version, governance = await vendor_store.current_governance(conn)
+        vendors = await vendor_store.list_vendors(conn)
         self.governance_version, self.governance = version, governance
         self._vendors = {v.id: v for v in vendors}
         self._calendars = {}
         self._loaded_at = time.monotonic()
+        return None
 
-    async def _fresh(self) -> Governance:
+    async def _fresh(self, conn: Conn | None) -> Governance:
         if self.governance is None or time.monotonic() - self._loaded_at > self._ttl:
-            await self.refresh()
+            loaded_at = self._loaded_at
+            async with self._lock:
+                if self._loaded_at == loaded_at:  # nobody refreshed while we waited
+                    await self._load(conn)
         assert self.governance is not None
         return self.governance
 
-    async def vendor(self, vendor_id: str) -> Vendor | None:
+    async def vendor(self, vendor_id: str, conn: Conn | None = None) -> Vendor | None:
         """A vendor by id (reloading once on a miss, since it may be new)."""
-        await self._fresh()
+        await self._fresh(conn)
         if vendor_id not in self._vendors:
-            await self.refresh()
+            await self.refresh(conn)
         return self._vendors.get(vendor_id)
 
-    async def rules_for(self, vendor_id: str) -> Rules | None:
-        """Governance plus the vendor's business calendar, or None for an unknown vendor."""
-        governance = await self._fresh()
-        vendor = await self.vendor(vendor_id)
+    async def rules_for(self, vendor_id: str, conn: Conn | None = None) -> Rules | None:
+        """Governance plus the vendor's business calendar, or None for an unknown vendor.
+
+        Callers inside a transaction pass their connection: borrowing a second one from the
+        pool while holding the first deadlocks once every connection is held that way.
+        """
+        governance = await self._fresh(conn)
+        vendor = await self.vendor(vendor_id, conn)
         if vendor is None:
             return None
         calendar = self._calendars.get(vendor_id)

@@ -99,11 +99,11 @@ ON CONFLICT (issue_id, clock_id) DO UPDATE SET
 NOTIFY = "SELECT pg_notify($1, '')"
 STREAM_VENDORS = "SELECT stream_id, vendor_id FROM streams WHERE stream_id = ANY($1::text[])"
 QUEUE_RECOMPUTE = """
-INSERT INTO sla_recompute (issue_id, policy_version)
-SELECT DISTINCT issue_id, $1::int FROM sla_clocks ORDER BY 1
+INSERT INTO sla_recompute (issue_id, policy_version, next_attempt_at)
+SELECT DISTINCT issue_id, $1::int, $2::timestamptz FROM sla_clocks ORDER BY 1
 ON CONFLICT (issue_id) DO UPDATE
     SET policy_version = GREATEST(sla_recompute.policy_version, EXCLUDED.policy_version),
-        next_attempt_at = now(), attempts = 0
+        next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
 """
 
 CalendarFor = Callable[[str], Awaitable[BusinessCalendar]]
@@ -243,11 +243,12 @@ class ClockTable:
     async def apply(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
         """Apply a batch of log events inside the consumer's transaction."""
         latest: dict[str, tuple[int, list[object], str | None]] = {}
-        policy_version: int | None = None
+        policy: tuple[int, datetime] | None = None
         for event in events:
             if event.type == POLICY_CHANGED_TYPE:
                 version = int(event.data.get("policy_version", 0))
-                policy_version = max(policy_version or 0, version)
+                if policy is None or policy[0] < version:
+                    policy = (version, event.time)
                 continue
             if not event.type.startswith(EVENT_TYPE_PREFIX):
                 continue
@@ -259,14 +260,13 @@ class ClockTable:
             states = await self._states(conn, latest)
             stored = await store_clocks(conn, states, self.calendar_for)
             CLOCK_STATES_STORED.labels("log").inc(stored)
-        if policy_version is not None:
-            # Queued in this transaction, so a crash cannot lose the recompute.
-            status = await conn.execute(QUEUE_RECOMPUTE, policy_version)
+        if policy is not None:
+            # Queued in this transaction, so a crash cannot lose the recompute; due from the
+            # moment the policy changed, on the write path's clock.
+            status = await conn.execute(QUEUE_RECOMPUTE, *policy)
             await conn.execute(NOTIFY, NOTIFY_CHANNEL)
             log.info(
-                "sla_recompute_queued",
-                policy_version=policy_version,
-                issues=int(status.split()[-1]),
+                "sla_recompute_queued", policy_version=policy[0], issues=int(status.split()[-1])
             )
 
     async def _states(

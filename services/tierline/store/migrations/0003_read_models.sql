@@ -187,6 +187,8 @@ SELECT
     d.respond_breaches,
     d.resolve_breaches,
     d.clocks_met,
+    d.ack_seconds_total,
+    d.resolve_seconds_total,
     sum(d.open_delta) OVER (PARTITION BY d.vendor_id ORDER BY d.day)::integer AS open_at_end_of_day,
     CASE WHEN d.acknowledged > 0
         THEN (d.ack_seconds_total / d.acknowledged)::double precision END AS mtta_seconds,
