@@ -109,9 +109,10 @@ def expand_variables(sql: str, variables: dict[str, tuple[list[str], bool]]) -> 
 
     def replace(match: re.Match[str]) -> str:
         name = match[1] or match[3]
-        if name.startswith("__"):
-            assert name == "__interval", f"unsupported built-in ${name}"
+        if name == "__interval":
             return INTERVAL
+        if name.startswith("__"):
+            return match[0]  # a macro, expanded next
         assert name in variables, f"unknown variable ${name}"
         values, multi = variables[name]
         if match[2] == "sqlstring" or multi:

@@ -81,6 +81,7 @@ class SlaHarness:
     """The write path, clock table and scanners on one test database, on a fake clock."""
 
     pool: asyncpg.Pool
+    reference_pool: asyncpg.Pool
     clock: FakeClock
     reference: ReferenceData
     service: IssueService
@@ -90,7 +91,7 @@ class SlaHarness:
 
     def scanner(self, **kw: Any) -> SlaScanner:
         """A scanner with its own write path, as a separate worker would have."""
-        reference = ReferenceData(self.pool)
+        reference = ReferenceData(self.reference_pool)
         scanner = SlaScanner(
             pool=self.pool,
             service=IssueService(self.pool, reference, clock=self.clock),
@@ -164,22 +165,21 @@ async def sla_harness(
 ) -> AsyncIterator[SlaHarness]:
     """A harness with the governance document and vendors in place (default vendor: acme)."""
     pool = await create_pool(database_url, min_size=1, max_size=20)
+    # Reference data reloads from its own pool, as in the role: a refresh inside a command's
+    # transaction must not wait for a connection that the commands themselves hold.
+    reference_pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
         for vendor in vendors or [Vendor(id="acme", name="Acme")]:
             await insert_vendor(pool, vendor)
         clock = FakeClock()
-        reference = ReferenceData(pool)
-        harness = SlaHarness(
-            pool,
-            clock,
-            reference,
-            IssueService(pool, reference, clock=clock),
-            ClockTable(reference),
-        )
+        reference = ReferenceData(reference_pool)
+        service = IssueService(pool, reference, clock=clock)
+        harness = SlaHarness(pool, reference_pool, clock, reference, service, ClockTable(reference))
         await harness.set_governance(document)
         await harness.catch_up()
         yield harness
     finally:
+        await reference_pool.close()
         await pool.close()
 
 
@@ -464,7 +464,8 @@ async def test_a_policy_change_recomputes_live_clocks_keeping_elapsed_time(
         assert (paused.state, paused.target_seconds, paused.elapsed_seconds) == ("paused", 60, 10)
         assert await h.event_names(resolved.id) == ["opened", "resolved"]
         # The rows follow at once: the running issue's warning is at 45 s of its new target.
-        row = next(r for r in await h.clock_rows() if r["issue_id"] == running.id)
+        rows = await h.clock_rows()
+        row = next(r for r in rows if (r["issue_id"], r["clock_id"]) == (running.id, "respond-1"))
         assert row["fire_at"] == T0 + 45 * SECOND
 
         # The same document again changes no issue.

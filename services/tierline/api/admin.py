@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import BaseModel
 
-from tierline.api.keys import POOL, REFERENCE
+from tierline.api.keys import KEY_CACHE, POOL, REFERENCE
 from tierline.api.problems import Problem
 from tierline.api.registry import RouteTable, json_response, principal, read_model
 from tierline.api.schemas import ApiKeyOut, ApiKeyPage, CreateApiKey, GovernanceOut
@@ -219,4 +219,6 @@ async def revoke_api_key(request: web.Request) -> web.Response:
         raise Problem(404, "not-found", "no such API key") from None
     if not await key_store.revoke_api_key(request.app[POOL], key_id):
         raise Problem(404, "not-found", "no such API key")
+    # Other processes hear of it by NOTIFY; this one must not serve it even for a moment.
+    request.app[KEY_CACHE].invalidate()
     return web.Response(status=204)

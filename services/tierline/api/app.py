@@ -14,7 +14,15 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from tierline.api import admin, issues
-from tierline.api.keys import ISSUES, KAFKA_BOOTSTRAP, OPENAPI, POOL, REFERENCE, SETTINGS
+from tierline.api.keys import (
+    ISSUES,
+    KAFKA_BOOTSTRAP,
+    KEY_CACHE,
+    OPENAPI,
+    POOL,
+    REFERENCE,
+    SETTINGS,
+)
 from tierline.api.openapi import build_openapi
 from tierline.api.problems import Problem, problem_response
 from tierline.api.registry import PRINCIPAL_KEY, Handler, RouteTable, json_response
@@ -23,7 +31,7 @@ from tierline.config import Settings
 from tierline.eventlog.kafka import kafka_ready
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
-from tierline.store.api_keys import find_api_key
+from tierline.api.key_cache import ApiKeyCache
 from tierline.store.pool import create_pool
 
 log = structlog.get_logger(__name__)
@@ -156,7 +164,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         scheme, _, key = header.partition(" ")
         if scheme.lower() != "bearer" or not key.strip():
             raise Problem(401, "unauthenticated", "use Authorization: Bearer <api key>")
-        found = await find_api_key(request.app[POOL], key.strip())
+        found = await request.app[KEY_CACHE].find(key.strip())
         if found is None:
             raise Problem(401, "unauthenticated", "unknown or revoked API key")
         request[PRINCIPAL_KEY] = Principal(str(found.id), found.role, found.vendor_id)
@@ -187,5 +195,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     app[REFERENCE] = reference
     app[ISSUES] = IssueService(pool, reference)
+    app[KEY_CACHE] = ApiKeyCache(pool, settings.database_url)
+    app[KEY_CACHE].start()
     yield
+    await app[KEY_CACHE].stop()
     await pool.close()

@@ -7,6 +7,7 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
+from tierline.api.key_cache import ApiKeyCache
 from tierline.config import Settings
 from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
@@ -17,3 +18,4 @@ REFERENCE = web.AppKey("reference", ReferenceData)
 ISSUES = web.AppKey("issues", IssueService)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 KAFKA_BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
+KEY_CACHE = web.AppKey("key_cache", ApiKeyCache)

@@ -18,9 +18,8 @@ from tierline.store.pool import create_pool
 log = structlog.get_logger(__name__)
 
 CONSUMER_NAME = "sla"
-# Connections the role keeps for itself besides the scanner's commands: the consumer's batch,
-# the scanner's claims and bookkeeping.
-RESERVED_CONNECTIONS = 3
+# Connections kept free of the scanner's commands: the consumer's batch and the scan itself.
+RESERVED_CONNECTIONS = 2
 
 
 async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
@@ -32,8 +31,11 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
         min_size=min(settings.db_pool_min, settings.db_pool_max),
         max_size=settings.db_pool_max,
     )
+    # Reference data reloads inside a command's transaction; from the same pool, commands
+    # holding every connection would wait forever for the one the reload needs.
+    reference_pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        reference = ReferenceData(pool)
+        reference = ReferenceData(reference_pool)
         clock_table = ClockTable(reference)
         consumer = LogConsumer(
             name=CONSUMER_NAME,
@@ -57,4 +59,5 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
             tasks.create_task(consumer.run(stop), name="sla-consumer")
             tasks.create_task(scanner.run(stop), name="sla-scanner")
     finally:
+        await reference_pool.close()
         await pool.close()
