@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import asyncpg
 import pytest
@@ -106,3 +107,46 @@ async def test_idempotent_open_and_external_ref(api: Stack) -> None:
     assert len({r["id"] for _, r in results}) == 1
     assert sorted(s for s, _ in concurrent) == [200] * 7 + [201]
     assert len({i for _, i in concurrent}) == 1
+
+
+async def test_folding_stored_events_gives_the_stored_snapshot(api: Stack) -> None:
+    """fold(evolve, events) over what the store holds equals the snapshot it serves."""
+    from tierline.domain.events import event_from_json
+    from tierline.domain.issue import Issue, evolve
+
+    async with api.client() as http:
+        await create_vendor(http)
+        issue = await open_issue(http, priority="P2")
+        script = [
+            ("acknowledge", {}),
+            ("assign", {"assignee": "dana"}),
+            ("escalate", {"reason": "r"}),
+            ("hold", {"reason": "r"}),
+            ("priority", {"priority": "P1"}),
+            ("resume", {}),
+            ("comments", {"body": "b"}),
+            ("deescalate", {"reason": "r"}),
+            ("resolve", {"resolution": "r"}),
+            ("reopen", {"reason": "r"}),
+        ]
+        for name, body in script:
+            code, _, _ = await command(http, issue["id"], name, body)
+            assert code == 200, name
+    conn = await asyncpg.connect(api.settings.database_url)
+    try:
+        rows = await conn.fetch(
+            "SELECT version, type, time, data::text FROM events WHERE stream_id = $1 "
+            "ORDER BY version",
+            issue["id"],
+        )
+        snapshot = await conn.fetchval(
+            "SELECT snapshot::text FROM streams WHERE stream_id = $1", issue["id"]
+        )
+    finally:
+        await conn.close()
+    folded: Issue | None = None
+    for version, event_type, time, data in rows:
+        event = event_from_json(event_type, json.loads(data))
+        folded = evolve(folded, event, issue_id=issue["id"], version=version, at=time)
+    assert folded == Issue.model_validate_json(snapshot)
+    assert folded is not None and folded.version == len(script) + 1

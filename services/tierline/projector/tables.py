@@ -93,6 +93,7 @@ CLOCK_COLUMNS: tuple[tuple[str, str], ...] = (
     ("outcome_at", "timestamptz"),
     ("updated_at", "timestamptz"),
 )
+CLOCK_WARNED = [name for name, _ in CLOCK_COLUMNS].index("warned")
 DAILY_TYPES = {name: "numeric" if name.endswith("_total") else "int" for name in DAILY_FIELDS}
 
 TIMELINE_COLUMNS = (
@@ -183,44 +184,54 @@ async def load_issues(
     return {row[0]: issue_from_record(row) for row in rows}
 
 
-def _issue_arrays(rows: Sequence[IssueRow]) -> list[list[Any]]:
-    columns: list[list[Any]] = [[] for _ in ISSUE_COLUMNS]
-    for row in rows:
-        summary = summarize_clocks(row.clocks)
-        values = [getattr(row, name) for name in ISSUE_ROW_FIELDS[:-1]]
-        values += [
-            json.dumps(row.clocks, separators=(",", ":")),
-            summary.respond_state,
-            summary.respond_due_at,
-            summary.resolve_state,
-            summary.resolve_due_at,
-            summary.next_due_at,
-            summary.sla_breached,
-        ]
+def issue_values(row: IssueRow) -> list[Any]:
+    """One issue's values in ISSUE_COLUMNS order (clocks as JSON text)."""
+    summary = summarize_clocks(row.clocks)
+    values = [getattr(row, name) for name in ISSUE_ROW_FIELDS[:-1]]
+    return [
+        *values,
+        json.dumps(row.clocks, separators=(",", ":")),
+        summary.respond_state,
+        summary.respond_due_at,
+        summary.resolve_state,
+        summary.resolve_due_at,
+        summary.next_due_at,
+        summary.sla_breached,
+    ]
+
+
+def clock_values(row: ClockRow) -> list[Any]:
+    """One clock's values in CLOCK_COLUMNS order (`warned` as an array literal)."""
+    values = [getattr(row, name) for name, _ in CLOCK_COLUMNS]
+    values[CLOCK_WARNED] = "{" + ",".join(repr(w) for w in row.warned) + "}"
+    return values
+
+
+def daily_values(vendor_id: str, day: date, counts: DailyCounts) -> list[Any]:
+    """One vendor day's increments in table column order."""
+    return [vendor_id, day, *(getattr(counts, name) for name in DAILY_FIELDS)]
+
+
+def _columns(rows: Iterable[list[Any]], width: int) -> list[list[Any]]:
+    """Rows of values as one list per column, the shape `unnest` takes."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+    for values in rows:
         for column, value in zip(columns, values, strict=True):
             column.append(value)
     return columns
 
 
+def _issue_arrays(rows: Sequence[IssueRow]) -> list[list[Any]]:
+    return _columns((issue_values(r) for r in rows), len(ISSUE_COLUMNS))
+
+
 def _clock_arrays(rows: Iterable[ClockRow]) -> list[list[Any]]:
-    columns: list[list[Any]] = [[] for _ in CLOCK_COLUMNS]
-    for row in rows:
-        for column, (name, _) in zip(columns, CLOCK_COLUMNS, strict=True):
-            value = getattr(row, name)
-            if name == "warned":
-                value = "{" + ",".join(repr(w) for w in value) + "}"
-            column.append(value)
-    return columns
+    return _columns((clock_values(r) for r in rows), len(CLOCK_COLUMNS))
 
 
 def _daily_arrays(daily: dict[tuple[str, date], DailyCounts]) -> list[list[Any]]:
-    columns: list[list[Any]] = [[] for _ in _DAILY_COLUMNS]
-    for (vendor_id, day), counts in sorted(daily.items()):
-        columns[0].append(vendor_id)
-        columns[1].append(day)
-        for column, name in zip(columns[2:], DAILY_FIELDS, strict=True):
-            column.append(getattr(counts, name))
-    return columns
+    rows = (daily_values(v, d, c) for (v, d), c in sorted(daily.items()))
+    return _columns(rows, len(_DAILY_COLUMNS))
 
 
 async def write_issues(
