@@ -33,10 +33,19 @@ format: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m tierline.schemagen
 
-bench: bench-write
+bench: bench-write bench-projector bench-sla bench-webhooks
 
 bench-write: $(STAMP)
-	$(BIN)/python bench/write_path.py
+	$(BIN)/python -m bench.write_path
+
+bench-projector: $(STAMP)
+	$(BIN)/python -m bench.projector
+
+bench-sla: $(STAMP)
+	$(BIN)/python -m bench.sla
+
+bench-webhooks: $(STAMP)
+	$(BIN)/python -m bench.webhooks
 
 clean:
 	rm -rf $(VENV) .tierline .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,9 @@ events through the real write path from this process. Two phases:
 2. steady: events at a fixed rate well under capacity; reports latency from the event's
    commit (its CloudEvent `time`, stamped inside the committing transaction) to its receipt.
 
-    .venv/bin/python bench/webhooks.py --subscriptions 50 --burst 400 --rate 20 --duration 15
+    .venv/bin/python -m bench.webhooks --processes 1,2      (from the repository root)
+
+Figures go to bench/results/webhooks.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench.common import ROOT, percentile, save
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import free_port
 from tierline.devstack.tansu import TansuBroker
@@ -113,7 +116,7 @@ def child(argv: list[str], env: dict[str, str], log: Path) -> Iterator[subproces
     """A child process, stopped with SIGTERM (then SIGKILL) on exit."""
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         yield proc
@@ -212,14 +215,8 @@ async def wait_received(
             await asyncio.sleep(0.05)
 
 
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Both phases; returns the figures."""
+async def run(args: argparse.Namespace, processes: int) -> dict[str, Any]:
+    """Both phases with `processes` webhooks roles; returns the figures."""
     workdir = Path(tempfile.mkdtemp(prefix="tierline-bench-webhooks-"))
     port = free_port()
     receiver = f"http://127.0.0.1:{port}"
@@ -234,19 +231,24 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS": "true",
             "TIERLINE_RELAY_POLL_INTERVAL": "0.2",
             "TIERLINE_LOG_LEVEL": "WARNING",
+            "TIERLINE_METRICS_PORT": "0",
         }
         tierline = [sys.executable, "-m", "tierline.cli"]
-        with (
-            child([sys.executable, __file__, "--receiver", str(port)], env, workdir / "rx.log"),
-            child([*tierline, "relay"], env, workdir / "relay.log"),
-            child([*tierline, "webhooks"], env, workdir / "webhooks.log"),
-        ):
+        with contextlib.ExitStack() as children:
+            receiver_argv = [sys.executable, "-m", "bench.webhooks", "--receiver", str(port)]
+            children.enter_context(child(receiver_argv, env, workdir / "rx.log"))
+            children.enter_context(child([*tierline, "relay"], env, workdir / "relay.log"))
+            for n in range(processes):
+                log = workdir / f"webhooks-{n}.log"
+                children.enter_context(child([*tierline, "webhooks"], env, log))
             pool = await create_pool(database_url, min_size=2, max_size=20)
             try:
                 async with aiohttp.ClientSession() as http:
-                    return await _phases(args, http, receiver, pool)
+                    figures = await _phases(args, http, receiver, pool)
             finally:
                 await pool.close()
+            rounded = {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
+            return {"webhooks_processes": processes, **rounded}
 
 
 async def _phases(
@@ -332,6 +334,12 @@ def main() -> None:
     parser.add_argument("--burst", type=int, default=400, help="events in the burst phase")
     parser.add_argument("--rate", type=float, default=20.0, help="events/s in the steady phase")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds of steady load")
+    parser.add_argument(
+        "--processes",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=[1, 2],
+        help="webhooks role processes per run, comma-separated (SKIP LOCKED peers)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--receiver", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -339,15 +347,25 @@ def main() -> None:
         run_receiver(args.receiver)
         return
     configure_logging("WARNING", "console")
-    figures = asyncio.run(run(args))
+    # A SIGTERM unwinds like Ctrl-C, so the children are stopped too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    runs = [asyncio.run(run(args, processes)) for processes in args.processes]
+    result = {"runs": runs, "percentile_method": "nearest rank"}
     if args.json:
-        print(json.dumps(figures, indent=2))
-        return
-    table = Table(title="Webhook delivery")
+        print(json.dumps(result, indent=2))
+    render(runs)
+    console.print(f"saved {save('webhooks', result)}")
+
+
+def render(runs: list[dict[str, Any]]) -> None:
+    """One column per run."""
+    table = Table(title="Webhook delivery to a local receiver")
     table.add_column("figure")
-    table.add_column("value", justify="right")
-    for name, value in figures.items():
-        table.add_row(name, f"{value:,.1f}" if isinstance(value, float) else str(value))
+    for figures in runs:
+        table.add_column(f"{figures['webhooks_processes']} process(es)", justify="right")
+    for name in runs[0]:
+        values = [figures[name] for figures in runs]
+        table.add_row(name, *(f"{v:,.1f}" if isinstance(v, float) else str(v) for v in values))
     Console().print(table)
 
 

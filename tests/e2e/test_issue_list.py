@@ -7,21 +7,40 @@ the projected state it expects appears, and never measures time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import aiohttp
+import pytest
 
-from tests.fixtures.stack import Stack
+from tests.fixtures import infra
+from tests.fixtures.stack import Stack, running_stack, stack_settings
 from tierline.domain import commands as c
 from tierline.service_layer.issues import SYSTEM, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.pool import create_pool
 
 T = TypeVar("T")
+# One stack for the module: its tests use vendors of their own and filter by them.
+LIST_STACK_SCOPE = "module"
 POLL_ATTEMPTS = 300
 POLL_DELAY = 0.05
+
+
+@pytest.fixture(scope=LIST_STACK_SCOPE)
+async def list_stack(pg_admin_dsn: str, tansu: str) -> AsyncIterator[Stack]:
+    """Every role on a database and topic of this module's own (one projector group join)."""
+    name = await infra.clone_database(pg_admin_dsn)
+    settings = stack_settings(
+        infra.with_database(pg_admin_dsn, name), tansu, f"test.{uuid.uuid4().hex[:12]}"
+    )
+    try:
+        async with running_stack(settings) as running:
+            yield running
+    finally:
+        await infra.drop_database(pg_admin_dsn, name)
 
 
 async def eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
@@ -121,7 +140,8 @@ async def scorecard(http: aiohttp.ClientSession, vendor_id: str, **query: Any) -
         return card
 
 
-async def test_filters_scorecards_and_vendor_scoping(stack: Stack) -> None:
+async def test_filters_scorecards_and_vendor_scoping(list_stack: Stack) -> None:
+    stack = list_stack
     async with stack.client() as admin:
         await create_vendor(admin, "acme")
         await create_vendor(admin, "globex")
@@ -147,16 +167,30 @@ async def test_filters_scorecards_and_vendor_scoping(stack: Stack) -> None:
         clocks = {(k["tier"], k["kind"], k["state"]) for k in by_id[g1["id"]]["sla"]}
         assert {(1, "respond", "breached"), (2, "respond", "running")} <= clocks
         assert ids(await all_items(admin, vendor_id="acme")) == {a1["id"], a2["id"], a3["id"]}
-        assert ids(await all_items(admin, status="acknowledged")) == {a2["id"]}
+        assert ids(await all_items(admin, vendor_id="acme,globex", status="acknowledged")) == {
+            a2["id"]
+        }
         assert ids(await all_items(admin, status="open,acknowledged", vendor_id="globex")) == {
             g1["id"]
         }
-        assert ids(await all_items(admin, tier=2)) == {a3["id"], g1["id"]}
-        assert ids(await all_items(admin, tier="1,3")) == {a1["id"], a2["id"], g2["id"]}
-        assert ids(await all_items(admin, priority="P1")) == {a1["id"], g1["id"]}
-        assert ids(await all_items(admin, category="communication")) == {a3["id"], g2["id"]}
-        assert ids(await all_items(admin, breached="true")) == {g1["id"]}
-        assert g1["id"] not in ids(await all_items(admin, breached="false"))
+        assert ids(await all_items(admin, vendor_id="acme,globex", tier=2)) == {a3["id"], g1["id"]}
+        assert ids(await all_items(admin, vendor_id="acme,globex", tier="1,3")) == {
+            a1["id"],
+            a2["id"],
+            g2["id"],
+        }
+        assert ids(await all_items(admin, vendor_id="acme,globex", priority="P1")) == {
+            a1["id"],
+            g1["id"],
+        }
+        assert ids(await all_items(admin, vendor_id="acme,globex", category="communication")) == {
+            a3["id"],
+            g2["id"],
+        }
+        assert ids(await all_items(admin, vendor_id="acme,globex", breached="true")) == {g1["id"]}
+        assert g1["id"] not in ids(
+            await all_items(admin, vendor_id="acme,globex", breached="false")
+        )
 
         today = datetime.now(UTC).date()
         acme = await scorecard(admin, "acme", **{"from": today, "to": today})
@@ -201,10 +235,11 @@ async def test_filters_scorecards_and_vendor_scoping(stack: Stack) -> None:
 
     viewer_key = await stack.new_key("viewer")
     async with stack.client(viewer_key) as viewer:
-        assert ids(await all_items(viewer)) == set(versions)
+        assert ids(await all_items(viewer, vendor_id="acme,globex")) == set(versions)
 
 
-async def test_pages_are_stable_and_bad_queries_are_problems(stack: Stack) -> None:
+async def test_pages_are_stable_and_bad_queries_are_problems(list_stack: Stack) -> None:
+    stack = list_stack
     async with (
         aiohttp.ClientSession(stack.api_url) as anonymous,
         anonymous.get("/v1/issues") as resp,
@@ -227,11 +262,11 @@ async def test_pages_are_stable_and_bad_queries_are_problems(stack: Stack) -> No
                 assert body["type"].endswith("/validation-failed")
                 assert body["errors"][0]["field"] in query
 
-        await create_vendor(admin, "acme")
-        first = [await open_issue(admin, "acme", title=f"first {n}") for n in range(12)]
+        await create_vendor(admin, "initech")
+        first = [await open_issue(admin, "initech", title=f"first {n}") for n in range(12)]
         await projected(admin, {i["id"]: i["version"] for i in first})
 
-        page = await get_page(admin, limit=1, vendor_id="acme")
+        page = await get_page(admin, limit=1, vendor_id="initech")
         async with admin.get(
             "/v1/issues", params={"cursor": page["next_cursor"], "vendor_id": "globex"}
         ) as resp:
@@ -241,19 +276,20 @@ async def test_pages_are_stable_and_bad_queries_are_problems(stack: Stack) -> No
         arrived: list[str] = []
         cursor = None
         while True:
-            query: dict[str, Any] = {"limit": 5, **({"cursor": cursor} if cursor else {})}
+            query: dict[str, Any] = {"limit": 5, "vendor_id": "initech"}
+            query |= {"cursor": cursor} if cursor else {}
             page = await get_page(admin, **query)
             seen += [item["id"] for item in page["items"]]
             cursor = page["next_cursor"]
             if cursor is None:
                 break
             # New issues (and changes to ones already listed) while a client is paging.
-            arrived += [(await open_issue(admin, "acme", title="late"))["id"] for _ in range(2)]
+            arrived += [(await open_issue(admin, "initech", title="late"))["id"] for _ in range(2)]
             await command(admin, seen[0], "assign", assignee="ana")
 
         assert len(seen) == len(set(seen)), "an issue was listed twice"
         assert set(seen) >= ids(first), "an issue that existed before paging was skipped"
         # Issues that arrived during paging are never placed before one already listed.
-        everything = [item["id"] for item in await all_items(admin, limit=500)]
+        everything = [item["id"] for item in await all_items(admin, vendor_id="initech")]
         assert everything[: len(seen)] == seen
         await projected(admin, {i: 1 for i in arrived})

@@ -122,8 +122,11 @@ async def snapshot(pool: asyncpg.Pool, schema: str) -> dict[str, list[tuple[Any,
 
 
 async def assert_same_as_a_clean_rebuild(settings: Settings, pool: asyncpg.Pool) -> None:
-    """Rebuild everything from offset 0 beside the live tables and compare row by row."""
-    await Replay(settings, swap=False).run()
+    """Rebuild everything from offset 0 beside the live tables and compare row by row.
+
+    In this process: replays that swap use worker processes, so the two builds cross-check.
+    """
+    await Replay(settings, swap=False, workers=1).run()
     live = await snapshot(pool, LIVE_SCHEMA)
     rebuilt = await snapshot(pool, REPLAY_SCHEMA)
     assert live["issues"], f"nothing was projected (seed {SEED})"

@@ -81,7 +81,6 @@ class SlaHarness:
     """The write path, clock table and scanners on one test database, on a fake clock."""
 
     pool: asyncpg.Pool
-    reference_pool: asyncpg.Pool
     clock: FakeClock
     reference: ReferenceData
     service: IssueService
@@ -91,7 +90,7 @@ class SlaHarness:
 
     def scanner(self, **kw: Any) -> SlaScanner:
         """A scanner with its own write path, as a separate worker would have."""
-        reference = ReferenceData(self.reference_pool)
+        reference = ReferenceData(self.pool)
         scanner = SlaScanner(
             pool=self.pool,
             service=IssueService(self.pool, reference, clock=self.clock),
@@ -165,21 +164,17 @@ async def sla_harness(
 ) -> AsyncIterator[SlaHarness]:
     """A harness with the governance document and vendors in place (default vendor: acme)."""
     pool = await create_pool(database_url, min_size=1, max_size=20)
-    # Reference data reloads from its own pool, as in the role: a refresh inside a command's
-    # transaction must not wait for a connection that the commands themselves hold.
-    reference_pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
         for vendor in vendors or [Vendor(id="acme", name="Acme")]:
             await insert_vendor(pool, vendor)
         clock = FakeClock()
-        reference = ReferenceData(reference_pool)
+        reference = ReferenceData(pool)
         service = IssueService(pool, reference, clock=clock)
-        harness = SlaHarness(pool, reference_pool, clock, reference, service, ClockTable(reference))
+        harness = SlaHarness(pool, clock, reference, service, ClockTable(reference))
         await harness.set_governance(document)
         await harness.catch_up()
         yield harness
     finally:
-        await reference_pool.close()
         await pool.close()
 
 

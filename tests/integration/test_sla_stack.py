@@ -10,10 +10,11 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.fixtures.stack import Stack, running_stack, stack_settings
@@ -22,6 +23,9 @@ from tierline.devstack.process import ManagedProcess
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
 ROLES = ["api", "relay", "sla"]
+CONSUMED_GOVERNANCE = """
+SELECT 1 FROM consumer_stream_versions WHERE consumer = 'sla' AND stream_id = 'governance'
+"""
 TIERS = [
     {"level": 1, "name": "Operational", "owner": "service delivery managers"},
     {"level": 2, "name": "Tactical", "owner": "vendor management office"},
@@ -59,7 +63,20 @@ async def sla_stack(
     async with running_stack(settings, roles=roles) as stack, stack.client() as http:
         await call(http, "POST", "/v1/vendors", {"id": "acme", "name": "Acme", "timezone": "UTC"})
         await call(http, "PUT", "/v1/governance", GOVERNANCE)
+        await consumed_governance(database_url)
         yield stack, http
+
+
+async def consumed_governance(database_url: str, timeout: float = 30.0) -> None:
+    """Wait until the SLA consumer has read the policy change: it is assigned and caught up."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while not await conn.fetchval(CONSUMED_GOVERNANCE):
+            assert time.monotonic() < deadline, "the SLA consumer never read the policy change"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
 
 
 async def call(http: aiohttp.ClientSession, method: str, path: str, body: Any = None) -> Any:
@@ -116,37 +133,33 @@ def clock(events: Events, index: int, clock_id: str) -> dict[str, Any]:
     return next(k for k in events[index][1]["clocks"] if k["id"] == clock_id)
 
 
-async def test_p1_warns_breaches_and_escalates_up_to_the_top_tier(
-    database_url: str, tansu: str, topic: str
-) -> None:
-    async with sla_stack(database_url, tansu, topic) as (_, http):
-        issue = await open_issue(http, "P1")
-        events = await wait_for(http, issue["id"], lambda ev: names(ev).count("sla_breached") >= 3)
-        cycle = ["sla_warning", "sla_breached", "escalated"]
-        assert names(events) == ["opened", *cycle, *cycle, "sla_warning", "sla_breached"]
-        for name, data, _ in events:
-            if name == "escalated":
-                assert data["automatic"] is True and data["to_tier"] == data["from_tier"] + 1
-            if name in ("sla_warning", "sla_breached"):
-                assert data["kind"] == "respond"
-        breaches = [data for name, data, _ in events if name == "sla_breached"]
-        assert [b["tier"] for b in breaches] == [1, 2, 3]
-        for breach in breaches:
-            assert at(breach["breached_at"]) >= at(breach["due_at"])
-        warnings = [data for name, data, _ in events if name == "sla_warning"]
-        assert [w["threshold"] for w in warnings] == [0.5, 0.5, 0.5]
+async def check_escalation_ladder(http: aiohttp.ClientSession) -> None:
+    """P1 warns, breaches and escalates automatically, tier after tier, up to the top."""
+    issue = await open_issue(http, "P1")
+    events = await wait_for(http, issue["id"], lambda ev: names(ev).count("sla_breached") >= 3)
+    cycle = ["sla_warning", "sla_breached", "escalated"]
+    assert names(events) == ["opened", *cycle, *cycle, "sla_warning", "sla_breached"]
+    for name, data, _ in events:
+        if name == "escalated":
+            assert data["automatic"] is True and data["to_tier"] == data["from_tier"] + 1
+        if name in ("sla_warning", "sla_breached"):
+            assert data["kind"] == "respond"
+    breaches = [data for name, data, _ in events if name == "sla_breached"]
+    assert [b["tier"] for b in breaches] == [1, 2, 3]
+    for breach in breaches:
+        assert at(breach["breached_at"]) >= at(breach["due_at"])
+    warnings = [data for name, data, _ in events if name == "sla_warning"]
+    assert [w["threshold"] for w in warnings] == [0.5, 0.5, 0.5]
 
-        current = await call(http, "GET", f"/v1/issues/{issue['id']}")
-        assert current["tier"] == 3 and current["status"] == "open"
-        by_id = {k["id"]: k for k in current["sla"]}
-        assert by_id["respond-3"]["state"] == "breached" and by_id["respond-3"]["breached_at"]
-        assert by_id["resolve-3"]["state"] == "running" and by_id["resolve-3"]["tier"] == 3
-        assert (
-            by_id["respond-1"]["state"] == "breached" and by_id["resolve-1"]["state"] == "stopped"
-        )
-        # At the top tier the breach is recorded and nothing moves.
-        await asyncio.sleep(1.5)
-        assert names(await history(http, issue["id"])) == names(events)
+    current = await call(http, "GET", f"/v1/issues/{issue['id']}")
+    assert current["tier"] == 3 and current["status"] == "open"
+    by_id = {k["id"]: k for k in current["sla"]}
+    assert by_id["respond-3"]["state"] == "breached" and by_id["respond-3"]["breached_at"]
+    assert by_id["resolve-3"]["state"] == "running" and by_id["resolve-3"]["tier"] == 3
+    assert by_id["respond-1"]["state"] == "breached" and by_id["resolve-1"]["state"] == "stopped"
+    # At the top tier the breach is recorded and nothing moves.
+    await asyncio.sleep(1.5)
+    assert names(await history(http, issue["id"])) == names(events)
 
 
 async def check_hold(http: aiohttp.ClientSession) -> None:
@@ -199,11 +212,36 @@ async def check_acknowledge(http: aiohttp.ClientSession) -> None:
     assert names(events).count("sla_breached") == 1
 
 
-async def test_hold_priority_change_and_acknowledge(
+async def test_escalation_hold_priority_change_and_acknowledge(
     database_url: str, tansu: str, topic: str
 ) -> None:
+    # One stack for the four stories: starting one costs seconds of consumer-group joining.
     async with sla_stack(database_url, tansu, topic) as (_, http):
-        await asyncio.gather(check_hold(http), check_priority_change(http), check_acknowledge(http))
+        await asyncio.gather(
+            check_escalation_ladder(http),
+            check_hold(http),
+            check_priority_change(http),
+            check_acknowledge(http),
+        )
+
+
+async def until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll a condition; the timeout only bounds a failing test."""
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+async def until_rows(database_url: str, count: int, timeout: float = 30.0) -> None:
+    """Wait until the clock table holds `count` rows."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while await conn.fetchval("SELECT count(*) FROM sla_clocks") < count:
+            assert time.monotonic() < deadline, "the clock rows never appeared"
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
 
 
 def sla_worker(stack: Stack) -> ManagedProcess:
@@ -217,6 +255,7 @@ def sla_worker(stack: Stack) -> ManagedProcess:
         "TIERLINE_KAFKA_PARTITIONS": str(s.kafka_partitions),
         "TIERLINE_KAFKA_IDEMPOTENCE": "false",
         "TIERLINE_DB_POOL_MAX": "6",
+        "TIERLINE_METRICS_PORT": "0",
     }
     argv = [sys.executable, "-m", "tierline.cli", "sla"]
     return ManagedProcess("sla-worker", argv, env=env, forward=False, stop_signal=signal.SIGKILL)
@@ -229,16 +268,19 @@ async def test_two_workers_and_a_killed_one_record_each_breach_once(
         worker = sla_worker(stack)
         worker.start()
         try:
-            for _ in range(200):
-                if "sla_scanner_started" in worker.tail() or not worker.alive():
-                    break
-                await asyncio.sleep(0.05)
-            assert "sla_scanner_started" in worker.tail(), worker.tail()
-            issues = await asyncio.gather(*(open_issue(http, "P2") for _ in range(30)))
-            # Respond clocks fall due 3 s after opening; kill the worker around then, likely
-            # in the middle of a scan, with whatever it claimed still leased to it.
-            await asyncio.sleep(3.05)
-            worker.stop()
+            # Both consumers in the group and assigned, so the clock rows appear in time.
+            await until(lambda: "consumer_assigned" in worker.tail() or not worker.alive())
+            assert "consumer_assigned" in worker.tail(), worker.tail()
+            issues = []
+            for _ in range(30):  # due times spread over a second, so both workers get some
+                issues.append(await open_issue(http, "P2"))
+                await asyncio.sleep(0.03)
+            await until_rows(database_url, 60)
+            # Respond clocks fall due 3 s after opening; kill the worker half-way through,
+            # with whatever it claimed then still leased to it.
+            dues = sorted(at(issue["sla"][0]["due_at"]) for issue in issues)
+            kill_at = dues[len(dues) // 2]
+            await asyncio.sleep(max(0.0, (kill_at - datetime.now(UTC)).total_seconds()))
         finally:
             worker.stop()
 

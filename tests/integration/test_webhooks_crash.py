@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp import web
@@ -24,6 +25,7 @@ from tests.integration.test_webhooks import (
     receiver_running,
     subscribe,
 )
+from tierline.devstack.process import free_port
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 
@@ -89,6 +91,7 @@ def role_env(database_url: str, tansu: str, topic: str) -> Iterator[dict[str, st
         "TIERLINE_WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2,0.2,0.2",
         "TIERLINE_CONSUMER_BATCH_SIZE": "5",
         "TIERLINE_LOG_LEVEL": "INFO",
+        "TIERLINE_METRICS_PORT": str(free_port()),
         "PYTHONPATH": os.pathsep.join(sys.path),
     }
 
@@ -129,6 +132,7 @@ async def test_killed_dispatcher_loses_nothing(
                     lambda: set(receiver.ids("crash")) >= expected, "every event delivered"
                 )
                 await eventually_all_delivered(database_url, len(expected))
+                metrics = await scrape(role_env["TIERLINE_METRICS_PORT"])
         finally:
             first.stop()
             second.stop()
@@ -143,6 +147,20 @@ async def test_killed_dispatcher_loses_nothing(
         assert bodies.setdefault(receipt.webhook_id, receipt.body) == receipt.body
     repeated = {i: n for i, n in Counter(receiver.ids("crash")).items() if n > 1}
     assert repeated, "the attempts cut off by the kill are sent again"
+    assert metrics['tierline_webhook_attempts_total{outcome="delivered"}'] >= len(repeated)
+    assert "tierline_webhook_queue_depth" in metrics
+
+
+async def scrape(port: str) -> dict[str, float]:
+    """The role's Prometheus samples by name and labels."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as r:
+        text = await r.text()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
 
 
 async def _expected_event_ids(database_url: str) -> set[str]:

@@ -94,9 +94,14 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
             file=sys.stderr,
         )
         database_url = await _ensure_database(postgres.dsn)
-        settings = settings.model_copy(
-            update={"database_url": database_url, "kafka_bootstrap": broker.bootstrap}
-        )
+        update: dict[str, object] = {
+            "database_url": database_url,
+            "kafka_bootstrap": broker.bootstrap,
+        }
+        if "TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS" not in os.environ:
+            # A laptop's receivers live on loopback; production keeps the SSRF guard on.
+            update["webhooks_allow_private_targets"] = True
+        settings = settings.model_copy(update=update)
         await migrate_url(database_url)
         await ensure_topic(broker.bootstrap, settings.kafka_topic, settings.kafka_partitions)
         key = await _admin_key(settings, data_dir)

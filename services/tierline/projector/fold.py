@@ -19,6 +19,8 @@ ISSUE_TYPE_PREFIX = "io.tierline.issue."
 LIVE_CLOCK_STATES = ("running", "paused")
 OUTCOMES = {"met": "met", "breached": "breached", "stopped": "stopped"}
 SUMMARY_LIMIT = 200
+# One encoder for every row: json.dumps with options would build a new one per call.
+encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 Clock = dict[str, Any]
 
@@ -116,6 +118,18 @@ class ClockRow:
 
 
 @dataclass(slots=True)
+class ClockChange:
+    """The last change of one clock in a batch, turned into a ClockRow only when written."""
+
+    issue_id: str
+    vendor_id: str
+    priority: str
+    clock: Clock
+    at: datetime
+    stopped: bool = False
+
+
+@dataclass(slots=True)
 class DailyCounts:
     """Increments to one `read.vendor_daily` row."""
 
@@ -151,7 +165,7 @@ class BatchChanges:
     new_issues: list[str] = field(default_factory=list)
     timeline: list[TimelineRow] = field(default_factory=list)
     escalations: list[EscalationRow] = field(default_factory=list)
-    clocks: dict[tuple[str, str], ClockRow] = field(default_factory=dict)
+    clocks: dict[tuple[str, str], ClockChange] = field(default_factory=dict)
     daily: dict[tuple[str, date], DailyCounts] = field(default_factory=dict)
     unprojectable: list[tuple[str, int]] = field(default_factory=list)
     gaps: list[tuple[str, int, int]] = field(default_factory=list)
@@ -372,46 +386,61 @@ EVENT_FOLDS: dict[str, EventFold] = {
 
 def _fold_clocks(changes: BatchChanges, row: IssueRow, clocks: list[Clock], at: datetime) -> None:
     """Record changed clocks; a live clock missing from the new list was stopped by a tier move."""
-    previous = {c["id"]: c for c in row.clocks}
-    for clock in clocks:
-        old = previous.pop(clock["id"], None)
+    before = row.clocks
+    unmatched: dict[str, Clock] | None = None
+    for index, clock in enumerate(clocks):
+        # The write side keeps clocks in order and appends new ones: usually same place, same id.
+        old = before[index] if index < len(before) else None
+        if old is None or old["id"] != clock["id"]:
+            if unmatched is None:
+                unmatched = {c["id"]: c for c in before}
+            old = unmatched.get(clock["id"])
         if old == clock:
             continue
         if clock["state"] == "met" and (old is None or old["state"] != "met"):
             changes.day(row.vendor_id, at).clocks_met += 1
-        changes.clocks[(row.issue_id, clock["id"])] = clock_row(row, clock, at)
-    for old in previous.values():
-        if old["state"] in LIVE_CLOCK_STATES:
-            stopped = clock_row(row, old, at)
-            stopped.state = stopped.outcome = "stopped"
-            stopped.ended_at = stopped.outcome_at = at
-            changes.clocks[(row.issue_id, old["id"])] = stopped
+        key = (row.issue_id, clock["id"])
+        changes.clocks[key] = ClockChange(row.issue_id, row.vendor_id, row.priority, clock, at)
+    if len(clocks) < len(before) or unmatched is not None:
+        kept = {c["id"] for c in clocks}
+        for old in before:
+            if old["id"] not in kept and old["state"] in LIVE_CLOCK_STATES:
+                key = (row.issue_id, old["id"])
+                changes.clocks[key] = ClockChange(
+                    row.issue_id, row.vendor_id, row.priority, old, at, stopped=True
+                )
     row.clocks = clocks
 
 
-def clock_row(row: IssueRow, clock: Clock, at: datetime) -> ClockRow:
-    """The `read.sla_clocks` row of one clock as an event carried it."""
-    state = clock["state"]
+def clock_row(change: ClockChange) -> ClockRow:
+    """The `read.sla_clocks` row of a clock as its last change left it."""
+    return ClockRow(*clock_record(change))
+
+
+def clock_record(change: ClockChange) -> tuple[Any, ...]:
+    """The same row as a tuple in ClockRow field order (what COPY takes, without the object)."""
+    clock = change.clock
+    state = "stopped" if change.stopped else clock["state"]
     breached_at = parse_time(clock.get("breached_at"))
-    ended_at = parse_time(clock.get("ended_at"))
-    return ClockRow(
-        issue_id=row.issue_id,
-        clock_id=clock["id"],
-        vendor_id=row.vendor_id,
-        tier=int(clock["tier"]),
-        kind=clock["kind"],
-        priority=row.priority,
-        state=state,
-        outcome=OUTCOMES.get(state),
-        started_at=datetime.fromisoformat(clock["started_at"]),
-        due_at=parse_time(clock.get("due_at")),
-        target_seconds=float(clock["target_seconds"]),
-        elapsed_seconds=float(clock.get("elapsed_seconds", 0.0)),
-        warned=[float(w) for w in clock.get("warned", [])],
-        breached_at=breached_at,
-        ended_at=ended_at,
-        outcome_at=breached_at if state == "breached" else ended_at,
-        updated_at=at,
+    ended_at = change.at if change.stopped else parse_time(clock.get("ended_at"))
+    return (
+        change.issue_id,
+        clock["id"],
+        change.vendor_id,
+        int(clock["tier"]),
+        clock["kind"],
+        change.priority,
+        state,
+        OUTCOMES.get(state),
+        datetime.fromisoformat(clock["started_at"]),
+        parse_time(clock.get("due_at")),
+        float(clock["target_seconds"]),
+        float(clock.get("elapsed_seconds", 0.0)),
+        [float(w) for w in clock.get("warned", ())],
+        breached_at,
+        ended_at,
+        breached_at if state == "breached" else ended_at,
+        change.at,
     )
 
 
@@ -447,7 +476,7 @@ def _timeline_row(event: EventLike, name: str, row: IssueRow) -> TimelineRow:
         row.tier,
         row.priority,
         summarize_event(name, event.data)[:SUMMARY_LIMIT],
-        json.dumps(data, separators=(",", ":")),
+        encode_json(data),
     )
 
 

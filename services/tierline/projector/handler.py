@@ -5,17 +5,28 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import date, datetime
 
 import asyncpg
 import structlog
 from prometheus_client import Counter, Histogram
 
 from tierline.eventlog.cloudevents import LogEvent
-from tierline.projector.fold import BatchChanges, IssueRow, fold, short_name
+from tierline.projector.fold import (
+    DAILY_FIELDS,
+    BatchChanges,
+    ClockChange,
+    DailyCounts,
+    IssueRow,
+    fold,
+    short_name,
+)
 from tierline.projector.tables import (
     PROJECTIONS,
     ReadTables,
+    copy_clocks,
+    copy_issues,
     load_issues,
     write_clocks,
     write_daily,
@@ -25,6 +36,8 @@ from tierline.projector.tables import (
 )
 
 log = structlog.get_logger(__name__)
+
+ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
 
 ROWS_WRITTEN = Counter(
     "tierline_projector_rows_written_total", "Read-model rows written", ["schema", "table"]
@@ -42,6 +55,30 @@ APPLY_SECONDS = Histogram(
 )
 
 
+@dataclass
+class PendingRows:
+    """A replay's latest issue and clock rows and its day totals, not written yet."""
+
+    issues: dict[str, IssueRow] = field(default_factory=dict)
+    created: set[str] = field(default_factory=set)
+    clocks: dict[tuple[str, str], ClockChange] = field(default_factory=dict)
+    daily: dict[tuple[str, date], DailyCounts] = field(default_factory=dict)
+    flushed_once: bool = False
+
+    def absorb(self, changes: BatchChanges) -> None:
+        """Keep the last state of each row and add up the day counts."""
+        self.issues.update(changes.issues)
+        self.created.update(changes.new_issues)
+        self.clocks.update(changes.clocks)
+        for key, counts in changes.daily.items():
+            total = self.daily.get(key)
+            if total is None:
+                self.daily[key] = counts
+                continue
+            for name in DAILY_FIELDS:
+                setattr(total, name, getattr(total, name) + getattr(counts, name))
+
+
 class Projector:
     """A `BatchHandler` writing the read models of one schema.
 
@@ -50,7 +87,8 @@ class Projector:
     another projector's work simply means reading the row again. A `live` projector serves
     readers: new issues are numbered in commit order, its cache is bounded and it reports event
     times for the freshness metric. A replay's (not live) cache holds every issue, so it never
-    reads back what it wrote and may skip writing projections it is not rebuilding.
+    reads back what it wrote; nobody reads its tables before the swap, so it appends timeline and
+    escalation rows batch by batch but writes issue, clock and day rows once, when flushed.
     """
 
     def __init__(
@@ -59,6 +97,7 @@ class Projector:
         projections: Sequence[str] = PROJECTIONS,
         *,
         live: bool = True,
+        flushed: bool = False,
         cache_limit: int = 50_000,
     ) -> None:
         self.tables = tables
@@ -66,6 +105,8 @@ class Projector:
         self.live = live
         self._cache_limit: int | None = cache_limit if live else None
         self._cache: dict[str, IssueRow] = {}
+        # `flushed`: the rebuild tables already hold rows (written by another process).
+        self._pending = None if live else PendingRows(flushed_once=flushed)
         self.applied_times: list[datetime] = []
 
     async def apply(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
@@ -77,11 +118,43 @@ class Projector:
         states = await self._states(conn, issue_events)
         changes = fold(states, issue_events)
         self._report(changes)
-        await self._write(conn, changes)
+        if self._pending is None:
+            await self._write(conn, changes)
+        else:
+            # A replay that dies starts over from nothing, so its batches need not wait for
+            # their commit to reach the disk; the swap itself commits durably.
+            await conn.execute(ASYNC_COMMIT)
+            await self._append(conn, changes)
+            self._pending.absorb(changes)
         self._remember(changes)
         if self.live:
             self.applied_times.extend(e.time for e in issue_events)
         APPLY_SECONDS.labels(self.tables.schema).observe(time.perf_counter() - started)
+
+    async def flush(self, conn: asyncpg.Connection) -> None:
+        """Write a replay's pending rows: COPY into the empty tables, upserts once they are not.
+
+        Vendor days are always added with upserts, as rebuild workers share them.
+        """
+        pending = self._pending
+        if pending is None:
+            return
+        selected, tables = self.projections, self.tables
+        async with conn.transaction():
+            if not pending.flushed_once:
+                if "issues" in selected:
+                    await copy_issues(conn, tables, list(pending.issues.values()))
+                if "sla_clocks" in selected:
+                    await copy_clocks(conn, tables, pending.clocks.values())
+                await self._write(conn, BatchChanges(daily=pending.daily), only=("vendor_daily",))
+            else:
+                fresh = [i for i in pending.issues if i in pending.created]
+                changes = BatchChanges(
+                    issues=pending.issues, new_issues=fresh, clocks=pending.clocks,
+                    daily=pending.daily,
+                )  # fmt: skip
+                await self._write(conn, changes, only=("issues", "sla_clocks", "vendor_daily"))
+        self._pending = PendingRows(flushed_once=True)
 
     def forget(self) -> None:
         """Drop cached rows (the tables were swapped under us)."""
@@ -110,9 +183,13 @@ class Projector:
             states.update(await load_issues(conn, self.tables, missing))
         return states
 
-    async def _write(self, conn: asyncpg.Connection, changes: BatchChanges) -> None:
-        selected = self.projections
-        schema = self.tables.schema
+    async def _write(
+        self,
+        conn: asyncpg.Connection,
+        changes: BatchChanges,
+        only: tuple[str, ...] = PROJECTIONS,
+    ) -> None:
+        selected = self.projections.intersection(only)
         counts: dict[str, int] = {}
         if "issues" in selected:
             counts["issues"] = await write_issues(conn, self.tables, changes, self.live)
@@ -125,7 +202,11 @@ class Projector:
         if "vendor_daily" in selected:
             counts["vendor_daily"] = await write_daily(conn, self.tables, changes)
         for table, count in counts.items():
-            ROWS_WRITTEN.labels(schema, table).inc(count)
+            ROWS_WRITTEN.labels(self.tables.schema, table).inc(count)
+
+    async def _append(self, conn: asyncpg.Connection, changes: BatchChanges) -> None:
+        """A replay's batch: only the append-only tables are written now."""
+        await self._write(conn, changes, only=("timeline", "escalations"))
 
     def _report(self, changes: BatchChanges) -> None:
         schema = self.tables.schema

@@ -18,11 +18,11 @@ position in every partition (the larger of the two), exactly.
 
 from __future__ import annotations
 
-import contextlib
+import os
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Protocol
 
 import asyncpg
 import structlog
@@ -37,11 +37,21 @@ from rich.progress import (
 )
 
 from tierline.config import Settings
-from tierline.eventlog.consumer import Record, apply_batch
+from tierline.eventlog.consumer import apply_batch
 from tierline.eventlog.kafka import cluster_identity
 from tierline.projector.gate import SWAP_LOCK_ID
 from tierline.projector.handler import Projector
 from tierline.projector.logreader import LogReader, TopicMissing, topic_partitions
+from tierline.projector.rebuild import (
+    MIN_REPLAY_BATCH,
+    POLL_MS,
+    REPLAY_CONSUMER,
+    Rebuilder,
+    build_in_workers,
+    connection,
+    stored_offsets,
+    without_cyclic_gc,
+)
 from tierline.projector.role import CONSUMER_NAME
 from tierline.projector.tables import (
     LIVE_SCHEMA,
@@ -55,25 +65,28 @@ from tierline.store.pool import create_pool
 
 log = structlog.get_logger(__name__)
 
-REPLAY_CONSUMER = "projector-replay"
 RUN_LOCK_ID = 7_311_529_012
-POLL_MS = 300
-MIN_REPLAY_BATCH = 5000
+DEFAULT_MAX_WORKERS = 2
 
 TRY_RUN_LOCK = "SELECT pg_try_advisory_lock($1)"
 RUN_UNLOCK = "SELECT pg_advisory_unlock($1)"
 TAKE_SWAP_LOCK = "SELECT pg_advisory_xact_lock($1)"
 DROP_SCHEMA = "DROP SCHEMA IF EXISTS {schema} CASCADE"
 CREATE_SCHEMA = "CREATE SCHEMA {schema}"
-CLONE_TABLE = f"CREATE TABLE {REPLAY_SCHEMA}.{{table}} (LIKE {LIVE_SCHEMA}.{{table}} INCLUDING ALL)"
+# Indexes come after the bulk load (building one is cheaper than maintaining it row by row),
+# except on the small vendor days table, which rebuild workers add to with upserts.
+CLONE_TABLE = (
+    f"CREATE TABLE {REPLAY_SCHEMA}.{{table}} "
+    f"(LIKE {LIVE_SCHEMA}.{{table}} INCLUDING ALL EXCLUDING INDEXES)"
+)
+CLONE_INDEXED_TABLE = (
+    f"CREATE TABLE {REPLAY_SCHEMA}.{{table}} (LIKE {LIVE_SCHEMA}.{{table}} INCLUDING ALL)"
+)
+INDEXED_DURING_BUILD = frozenset({"vendor_daily"})
 MOVE_TABLE = "ALTER TABLE {source}.{table} SET SCHEMA {target}"
 DROP_TABLE = "DROP TABLE {schema}.{table}"
 FORGET_OFFSETS = "DELETE FROM public.consumer_offsets WHERE consumer = $1"
 FORGET_STREAMS = "DELETE FROM public.consumer_stream_versions WHERE consumer = $1"
-LOAD_OFFSETS = """
-SELECT partition, next_offset FROM public.consumer_offsets
-WHERE consumer = $1 AND topic = $2 AND log_identity = $3
-"""
 TAKE_OVER_OFFSETS = """
 UPDATE public.consumer_offsets SET consumer = $1 WHERE consumer = $2 AND topic = $3
 """
@@ -96,20 +109,20 @@ WHERE n.nspname = 'read' AND c.relkind = 'v'
 ORDER BY c.oid
 """
 REPLACE_VIEW = "CREATE OR REPLACE VIEW read.{name} AS {definition}"
-# Pairs (retired index name, rebuilt index name) of indexes over the same key and predicate.
-INDEX_NAMES = """
-SELECT quote_ident(o.relname) AS old_name, quote_ident(n.relname) AS new_name
-FROM pg_index AS oi
-JOIN pg_class AS o ON o.oid = oi.indexrelid
-JOIN pg_index AS ni ON ni.indrelid = to_regclass($2)
-    AND ni.indkey::text = oi.indkey::text
-    AND ni.indisunique = oi.indisunique
-    AND coalesce(pg_get_expr(ni.indpred, ni.indrelid), '')
-        = coalesce(pg_get_expr(oi.indpred, oi.indrelid), '')
-JOIN pg_class AS n ON n.oid = ni.indexrelid
-WHERE oi.indrelid = to_regclass($1) AND o.relname <> n.relname
+# The live table's keys and indexes, as statements creating them (same names) on its copy;
+# read with search_path = pg_catalog so that every name comes qualified.
+TABLE_KEYS = """
+SELECT format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', $2::text, c.relname, k.conname,
+              pg_get_constraintdef(k.oid))
+FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid
+WHERE k.conrelid = to_regclass($1) AND k.contype IN ('p', 'u')
 """
-RENAME_INDEX = "ALTER INDEX read.{new_name} RENAME TO {old_name}"
+TABLE_INDEXES = """
+SELECT pg_get_indexdef(i.indexrelid)
+FROM pg_index AS i
+WHERE i.indrelid = to_regclass($1)
+  AND NOT EXISTS (SELECT 1 FROM pg_constraint AS k WHERE k.conindid = i.indexrelid)
+"""
 # Issues keep the list position they had, so clients' cursors stay valid across a replay.
 CARRY_LIST_SEQ = f"""
 UPDATE {REPLAY_SCHEMA}.issues AS r SET list_seq = l.list_seq
@@ -133,13 +146,6 @@ RECORD_REBUILD = """
 INSERT INTO read.rebuilds (projections, started_at, finished_at, events)
 VALUES ($1::text[], to_timestamp($2), now(), $3) RETURNING id
 """
-
-
-@contextlib.asynccontextmanager
-async def _connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection, typed as the connection it proxies."""
-    async with pool.acquire() as proxy:
-        yield cast(asyncpg.Connection, proxy)
 
 
 class ReplayBusy(Exception):
@@ -190,6 +196,7 @@ class Replay:
         *,
         swap: bool = True,
         progress: ProgressSink | None = None,
+        workers: int | None = None,
     ) -> None:
         unknown = set(projections) - set(PROJECTIONS)
         if unknown or not projections:
@@ -200,8 +207,7 @@ class Replay:
         self._swap = swap
         self._progress = progress or _Quiet()
         self._topic = settings.kafka_topic
-        self._batch_size = max(settings.consumer_batch_size, MIN_REPLAY_BATCH)
-        self._handler = Projector(ReadTables(REPLAY_SCHEMA), self.projections, live=False)
+        self._workers = max(1, workers if workers is not None else default_workers(settings))
         self._identity = ""
         self._read = 0
 
@@ -210,11 +216,12 @@ class Replay:
         started = time.time()
         pool = await create_pool(self._settings.database_url, min_size=2, max_size=4)
         try:
-            async with _connection(pool) as run_lock:
+            async with connection(pool) as run_lock:
                 if not await run_lock.fetchval(TRY_RUN_LOCK, RUN_LOCK_ID):
                     raise ReplayBusy("another replay is running")
                 try:
-                    generation = await self._run(pool, started)
+                    with without_cyclic_gc():
+                        generation = await self._run(pool, started)
                 finally:
                     await run_lock.execute(RUN_UNLOCK, RUN_LOCK_ID)
         finally:
@@ -228,6 +235,7 @@ class Replay:
             events=result.events,
             seconds=round(result.seconds, 3),
             swapped=self._swap,
+            workers=self._workers,
         )
         return result
 
@@ -236,67 +244,96 @@ class Replay:
         partitions = await topic_partitions(bootstrap, self._topic)
         self._identity = await cluster_identity(bootstrap)
         await self._prepare(pool)
-        reader = LogReader(bootstrap, self._topic, self._batch_size)
-        await reader.start(partitions)
+        self._progress.phase("rebuilding")
+        rebuilder = await self._build(pool, partitions)
+        await self._index(pool)
         try:
-            self._progress.phase("rebuilding")
-            await self._build(pool, reader)
             if not self._swap:
                 return None
             self._progress.phase("swapping")
-            return await self._swap_in(pool, reader, partitions, started)
+            return await self._swap_in(pool, rebuilder, partitions, started)
         finally:
-            await reader.stop()
+            await rebuilder.stop()
+
+    async def _index(self, pool: asyncpg.Pool) -> None:
+        """Give the loaded copies the live tables' keys and indexes, under the same names."""
+        async with connection(pool) as conn, conn.transaction():
+            await conn.execute("SET LOCAL search_path = pg_catalog")
+            for projection in {"issues", *self.projections} - INDEXED_DURING_BUILD:
+                table = PROJECTION_TABLES[projection]
+                live_table = f"{LIVE_SCHEMA}.{table}"
+                statements = [r[0] for r in await conn.fetch(TABLE_KEYS, live_table, REPLAY_SCHEMA)]
+                for row in await conn.fetch(TABLE_INDEXES, live_table):
+                    on_live = f" ON {live_table} "
+                    assert on_live in row[0], row[0]
+                    statements.append(row[0].replace(on_live, f" ON {REPLAY_SCHEMA}.{table} "))
+                for statement in statements:
+                    await conn.execute(statement)
+
+    def _count(self, done: int, total: int | None) -> None:
+        self._read = done
+        self._progress.update(done, total)
+
+    async def _build(self, pool: asyncpg.Pool, partitions: list[int]) -> Rebuilder:
+        """The bulk of the rebuild, flushed; returns a rebuilder positioned where it ended."""
+        workers = min(self._workers, len(partitions))
+        if workers == 1:
+            rebuilder = self._rebuilder(partitions, flushed=False, base=0)
+            await rebuilder.start()
+            await rebuilder.build(pool)
+            await rebuilder.flush(pool)
+            return rebuilder
+        read = await build_in_workers(
+            self._settings, self.projections, partitions, self._identity, workers, self._count
+        )
+        # The workers are gone; this process goes on from where they stored their offsets.
+        rebuilder = self._rebuilder(partitions, flushed=True, base=read)
+        ended = await stored_offsets(pool, REPLAY_CONSUMER, self._topic, self._identity)
+        await rebuilder.start(ended)
+        return rebuilder
+
+    def _rebuilder(self, partitions: list[int], *, flushed: bool, base: int) -> Rebuilder:
+        def progress(done: int, total: int | None) -> None:
+            self._count(base + done, total)
+
+        return Rebuilder(
+            self._settings,
+            self.projections,
+            partitions,
+            self._identity,
+            flushed=flushed,
+            progress=progress,
+        )
 
     async def _prepare(self, pool: asyncpg.Pool) -> None:
         """Empty copies of the tables to rebuild; the replay consumer starts from nothing."""
-        async with _connection(pool) as conn, conn.transaction():
+        async with connection(pool) as conn, conn.transaction():
             await conn.execute(DROP_SCHEMA.format(schema=REPLAY_SCHEMA))
             await conn.execute(CREATE_SCHEMA.format(schema=REPLAY_SCHEMA))
             # The issues table always exists: the fold looks up issues it has not seen open.
             for projection in {"issues", *self.projections}:
-                await conn.execute(CLONE_TABLE.format(table=PROJECTION_TABLES[projection]))
+                clone = CLONE_INDEXED_TABLE if projection in INDEXED_DURING_BUILD else CLONE_TABLE
+                await conn.execute(clone.format(table=PROJECTION_TABLES[projection]))
             await conn.execute(FORGET_OFFSETS, REPLAY_CONSUMER)
             await conn.execute(FORGET_STREAMS, REPLAY_CONSUMER)
-        log.info("replay_started", projections=list(self.projections), topic=self._topic)
-
-    async def _apply(
-        self, pool: asyncpg.Pool, records: list[Record], consumer: str, handler: Projector
-    ) -> None:
-        async with _connection(pool) as conn:
-            await apply_batch(conn, consumer, self._topic, self._identity, records, handler)
-
-    async def _step(self, pool: asyncpg.Pool, reader: LogReader) -> int:
-        """Read and apply one batch of the rebuild; returns how many records it had."""
-        records = await reader.read(POLL_MS)
-        if records:
-            await self._apply(pool, records, REPLAY_CONSUMER, self._handler)
-            self._read += len(records)
-        ends = [end for end in reader.highwater().values() if end >= 0]
-        self._progress.update(self._read, sum(ends) if ends else None)
-        return len(records)
-
-    async def _build(self, pool: asyncpg.Pool, reader: LogReader) -> None:
-        """Read until the log end, and at least as far as the live projector has come."""
-        while True:
-            got = await self._step(pool, reader)
-            if got and not reader.at_end():
-                continue
-            live = await _offsets(pool, CONSUMER_NAME, self._topic, self._identity)
-            if all(reader.positions.get(p, 0) >= o for p, o in live.items()):
-                return
+        log.info(
+            "replay_started",
+            projections=list(self.projections),
+            topic=self._topic,
+            workers=self._workers,
+        )
 
     async def _swap_in(
-        self, pool: asyncpg.Pool, reader: LogReader, partitions: list[int], started: float
+        self, pool: asyncpg.Pool, rebuilder: Rebuilder, partitions: list[int], started: float
     ) -> int:
-        async with _connection(pool) as conn, conn.transaction():
+        async with connection(pool) as conn, conn.transaction():
             await conn.execute(TAKE_SWAP_LOCK, SWAP_LOCK_ID)
-            live = await _offsets(conn, CONSUMER_NAME, self._topic, self._identity)
+            live = await stored_offsets(conn, CONSUMER_NAME, self._topic, self._identity)
             if self._full:
-                while any(reader.positions.get(p, 0) < o for p, o in live.items()):
-                    await self._step(pool, reader)
+                await rebuilder.catch_up(pool, live)
             else:
-                await self._align(pool, reader, partitions, live)
+                await self._align(pool, rebuilder, partitions, live)
+            await rebuilder.flush(pool)
             await self._switch(conn)
             generation = int(
                 await conn.fetchval(RECORD_REBUILD, list(self.projections), started, self._read)
@@ -305,14 +342,14 @@ class Replay:
         return generation
 
     async def _align(
-        self, pool: asyncpg.Pool, reader: LogReader, partitions: list[int], live: dict[int, int]
+        self, pool: asyncpg.Pool, rebuilder: Rebuilder, partitions: list[int], live: dict[int, int]
     ) -> None:
         """Bring the rebuilt and the live tables to the same offsets, exactly."""
-        target = {p: max(live.get(p, 0), reader.positions.get(p, 0)) for p in partitions}
-        reader.limit_to(target)
-        while not reader.at_end():
-            await self._step(pool, reader)
-        catching_up = LogReader(self._settings.kafka_bootstrap, self._topic, self._batch_size)
+        positions = rebuilder.reader.positions
+        target = {p: max(live.get(p, 0), positions.get(p, 0)) for p in partitions}
+        await rebuilder.read_exactly_to(pool, target)
+        batch_size = max(self._settings.consumer_batch_size, MIN_REPLAY_BATCH)
+        catching_up = LogReader(self._settings.kafka_bootstrap, self._topic, batch_size)
         await catching_up.start(partitions, live)
         catching_up.limit_to(target)
         handler = Projector(ReadTables(LIVE_SCHEMA), live=True)
@@ -320,7 +357,10 @@ class Replay:
             while not catching_up.at_end():
                 records = await catching_up.read(POLL_MS)
                 if records:
-                    await self._apply(pool, records, CONSUMER_NAME, handler)
+                    async with connection(pool) as conn:
+                        await apply_batch(
+                            conn, CONSUMER_NAME, self._topic, self._identity, records, handler
+                        )
         finally:
             await catching_up.stop()
 
@@ -343,11 +383,9 @@ class Replay:
             await conn.execute(
                 MOVE_TABLE.format(source=REPLAY_SCHEMA, table=table, target=LIVE_SCHEMA)
             )
-            await _keep_index_names(conn, table)
         for view in views:
-            await conn.execute(
-                REPLACE_VIEW.format(name=view["name"], definition=view["definition"])
-            )
+            definition = REPLACE_VIEW.format(name=view["name"], definition=view["definition"])
+            await conn.execute(definition)
         for table in tables:
             # No CASCADE: a view elsewhere still reading the old table stops the swap instead.
             await conn.execute(DROP_TABLE.format(schema=RETIRED_SCHEMA, table=table))
@@ -362,24 +400,18 @@ class Replay:
         await conn.execute(FORGET_STREAMS, REPLAY_CONSUMER)
 
 
-async def _offsets(
-    conn: asyncpg.Connection | asyncpg.Pool, consumer: str, topic: str, identity: str
-) -> dict[int, int]:
-    """A consumer's stored offsets in this log (offsets in a lost log do not count)."""
-    rows = await conn.fetch(LOAD_OFFSETS, consumer, topic, identity)
-    return {row["partition"]: row["next_offset"] for row in rows}
+def default_workers(settings: Settings) -> int:
+    """Rebuild processes: `replay_workers` when configured, else one per CPU, at most two."""
+    configured = getattr(settings, "replay_workers", None)
+    if isinstance(configured, int):
+        return configured
+    return min(DEFAULT_MAX_WORKERS, os.cpu_count() or 1)
 
 
 async def _copy_grants(conn: asyncpg.Connection, table: str) -> None:
     grants = await conn.fetch(COPY_GRANTS, f"{LIVE_SCHEMA}.{table}", REPLAY_SCHEMA, table)
     for grant in grants:
         await conn.execute(grant[0])
-
-
-async def _keep_index_names(conn: asyncpg.Connection, table: str) -> None:
-    pairs = await conn.fetch(INDEX_NAMES, f"{RETIRED_SCHEMA}.{table}", f"{LIVE_SCHEMA}.{table}")
-    for pair in pairs:
-        await conn.execute(RENAME_INDEX.format(**dict(pair)))
 
 
 class RichProgress:

@@ -18,9 +18,13 @@ import asyncpg
 from tierline.projector.fold import (
     DAILY_FIELDS,
     BatchChanges,
+    ClockChange,
     ClockRow,
     DailyCounts,
     IssueRow,
+    clock_record,
+    clock_row,
+    encode_json,
     summarize_clocks,
 )
 
@@ -190,7 +194,7 @@ def issue_values(row: IssueRow) -> list[Any]:
     values = [getattr(row, name) for name in ISSUE_ROW_FIELDS[:-1]]
     return [
         *values,
-        json.dumps(row.clocks, separators=(",", ":")),
+        encode_json(row.clocks),
         summary.respond_state,
         summary.respond_due_at,
         summary.resolve_state,
@@ -200,10 +204,11 @@ def issue_values(row: IssueRow) -> list[Any]:
     ]
 
 
-def clock_values(row: ClockRow) -> list[Any]:
-    """One clock's values in CLOCK_COLUMNS order (`warned` as an array literal)."""
+def clock_values(row: ClockRow, *, warned_literal: bool = True) -> list[Any]:
+    """One clock's values in CLOCK_COLUMNS order (`warned` as an array literal for `unnest`)."""
     values = [getattr(row, name) for name, _ in CLOCK_COLUMNS]
-    values[CLOCK_WARNED] = "{" + ",".join(repr(w) for w in row.warned) + "}"
+    if warned_literal:
+        values[CLOCK_WARNED] = "{" + ",".join(repr(w) for w in row.warned) + "}"
     return values
 
 
@@ -225,8 +230,8 @@ def _issue_arrays(rows: Sequence[IssueRow]) -> list[list[Any]]:
     return _columns((issue_values(r) for r in rows), len(ISSUE_COLUMNS))
 
 
-def _clock_arrays(rows: Iterable[ClockRow]) -> list[list[Any]]:
-    return _columns((clock_values(r) for r in rows), len(CLOCK_COLUMNS))
+def _clock_arrays(changes: Iterable[ClockChange]) -> list[list[Any]]:
+    return _columns((clock_values(clock_row(c)) for c in changes), len(CLOCK_COLUMNS))
 
 
 def _daily_arrays(daily: dict[tuple[str, date], DailyCounts]) -> list[list[Any]]:
@@ -290,3 +295,32 @@ async def write_daily(conn: asyncpg.Connection, tables: ReadTables, changes: Bat
     if changes.daily:
         await conn.execute(tables.sql(UPSERT_DAILY), *_daily_arrays(changes.daily))
     return len(changes.daily)
+
+
+async def copy_issues(
+    conn: asyncpg.Connection, tables: ReadTables, rows: Sequence[IssueRow]
+) -> int:
+    """COPY issues into an empty table; list_seq numbers them in the order given."""
+    if rows:
+        await conn.copy_records_to_table(
+            "issues",
+            schema_name=tables.schema,
+            columns=[name for name, _ in ISSUE_COLUMNS],
+            records=[issue_values(row) for row in rows],
+        )
+    return len(rows)
+
+
+async def copy_clocks(
+    conn: asyncpg.Connection, tables: ReadTables, changes: Iterable[ClockChange]
+) -> int:
+    """COPY clocks into an empty table."""
+    records = [clock_record(c) for c in changes]
+    if records:
+        await conn.copy_records_to_table(
+            "sla_clocks",
+            schema_name=tables.schema,
+            columns=[name for name, _ in CLOCK_COLUMNS],
+            records=records,
+        )
+    return len(records)

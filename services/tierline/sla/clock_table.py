@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import asyncpg
 import structlog
 from prometheus_client import Counter
 
@@ -29,6 +28,7 @@ from tierline.domain.events import (
 )
 from tierline.eventlog.cloudevents import LogEvent
 from tierline.service_layer.reference import ReferenceData
+from tierline.store.pool import Conn
 
 log = structlog.get_logger(__name__)
 
@@ -106,12 +106,7 @@ ON CONFLICT (issue_id) DO UPDATE
         next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
 """
 
-CalendarFor = Callable[[str], Awaitable[BusinessCalendar]]
-if TYPE_CHECKING:
-    from asyncpg.pool import PoolConnectionProxy
-
-    # What pool.acquire() hands out, besides plain connections.
-    Conn = asyncpg.Connection | PoolConnectionProxy[Any]
+CalendarFor = Callable[[str, Conn], Awaitable[BusinessCalendar]]
 
 
 @dataclass(frozen=True)
@@ -121,7 +116,10 @@ class IssueClocks:
     issue_id: str
     vendor_id: str
     version: int
-    clocks: Sequence[Clock]
+    # Clocks as models, or as the JSON objects of an event: those are decoded only if the
+    # state turns out to be newer than the stored one (most log events are not, once the
+    # scanner has stored its own commands' results).
+    clocks: Sequence[Clock] | Sequence[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -142,7 +140,8 @@ class ClockRow:
 def clock_rows(state: IssueClocks, calendar: BusinessCalendar) -> list[ClockRow]:
     """The rows for an issue's live clocks; a paused clock has a row but nothing to fire."""
     rows = []
-    for clock in state.clocks:
+    for item in state.clocks:
+        clock = item if isinstance(item, Clock) else Clock.model_validate(item)
         if not clock.is_live:
             continue
         try:
@@ -190,7 +189,7 @@ async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: 
         return 0
     rows: list[ClockRow] = []
     for state in accepted:
-        rows.extend(clock_rows(state, await calendar_for(state.vendor_id)))
+        rows.extend(clock_rows(state, await calendar_for(state.vendor_id, conn)))
     await conn.execute(
         DELETE_ENDED,
         [s.issue_id for s in accepted],
@@ -225,9 +224,9 @@ class ClockTable:
     def __init__(self, reference: ReferenceData) -> None:
         self._reference = reference
 
-    async def calendar_for(self, vendor_id: str) -> BusinessCalendar:
+    async def calendar_for(self, vendor_id: str, conn: Conn) -> BusinessCalendar:
         """The vendor's business calendar, as the write path uses it (24x7 if unknown)."""
-        rules = await self._reference.rules_for(vendor_id)
+        rules = await self._reference.rules_for(vendor_id, conn)
         if rules is None:
             log.warning("sla_unknown_vendor", vendor_id=vendor_id)
             return BusinessCalendar(TWENTY_FOUR_SEVEN)
@@ -240,9 +239,9 @@ class ClockTable:
         CLOCK_STATES_STORED.labels("command").inc(stored)
         return stored
 
-    async def apply(self, conn: asyncpg.Connection, events: Sequence[LogEvent]) -> None:
+    async def apply(self, conn: Conn, events: Sequence[LogEvent]) -> None:
         """Apply a batch of log events inside the consumer's transaction."""
-        latest: dict[str, tuple[int, list[object], str | None]] = {}
+        latest: dict[str, tuple[int, list[dict[str, Any]], str | None]] = {}
         policy: tuple[int, datetime] | None = None
         for event in events:
             if event.type == POLICY_CHANGED_TYPE:
@@ -270,9 +269,9 @@ class ClockTable:
             )
 
     async def _states(
-        self, conn: asyncpg.Connection, latest: dict[str, tuple[int, list[object], str | None]]
+        self, conn: Conn, latest: dict[str, tuple[int, list[dict[str, Any]], str | None]]
     ) -> list[IssueClocks]:
-        """Decode the newest clocks per issue, with each issue's vendor."""
+        """The newest clocks per issue, with each issue's vendor."""
         rows = await conn.fetch(STREAM_VENDORS, list(latest))
         vendors: dict[str, str] = {r["stream_id"]: r["vendor_id"] for r in rows}
         states = []
@@ -281,8 +280,7 @@ class ClockTable:
             if vendor_id is None:
                 log.warning("sla_issue_without_vendor", issue_id=issue_id, version=version)
                 continue
-            clocks = [Clock.model_validate(k) for k in raw]
-            states.append(IssueClocks(issue_id, vendor_id, version, clocks))
+            states.append(IssueClocks(issue_id, vendor_id, version, raw))
         return states
 
 

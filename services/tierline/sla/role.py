@@ -31,11 +31,8 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
         min_size=min(settings.db_pool_min, settings.db_pool_max),
         max_size=settings.db_pool_max,
     )
-    # Reference data reloads inside a command's transaction; from the same pool, commands
-    # holding every connection would wait forever for the one the reload needs.
-    reference_pool = await create_pool(settings.database_url, min_size=1, max_size=2)
     try:
-        reference = ReferenceData(reference_pool)
+        reference = ReferenceData(pool)
         clock_table = ClockTable(reference)
         consumer = LogConsumer(
             name=CONSUMER_NAME,
@@ -59,5 +56,4 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
             tasks.create_task(consumer.run(stop), name="sla-consumer")
             tasks.create_task(scanner.run(stop), name="sla-scanner")
     finally:
-        await reference_pool.close()
         await pool.close()

@@ -81,7 +81,12 @@ FROM due
 WHERE r.issue_id = due.issue_id
 RETURNING r.issue_id, r.policy_version
 """
-FINISH_RECOMPUTE = "DELETE FROM sla_recompute WHERE issue_id = $1 AND policy_version <= $2"
+# Only the version recomputed: a newer policy change queued meanwhile stays queued.
+FINISH_RECOMPUTE = """
+DELETE FROM sla_recompute AS r
+USING unnest($1::text[], $2::int[]) AS done(issue_id, policy_version)
+WHERE r.issue_id = done.issue_id AND r.policy_version <= done.policy_version
+"""
 FORGET_ISSUE = "DELETE FROM sla_clocks WHERE issue_id = $1"
 NEAREST = """
 SELECT least(
@@ -237,23 +242,26 @@ class SlaScanner:
         return due
 
     async def fire_all(self, due: Sequence[DueClock]) -> None:
-        """Fire claimed clocks: issues in parallel, the clocks of one issue in order."""
+        """Fire claimed clocks, issues in parallel, then store all their answers at once."""
         by_issue: dict[str, list[DueClock]] = {}
         for item in due:
             by_issue.setdefault(item.issue_id, []).append(item)
         gate = asyncio.Semaphore(self._concurrency)
 
-        async def fire_issue(items: list[DueClock]) -> None:
+        async def fire_issue(items: list[DueClock]) -> Issue | None:
+            issue = None
             async with gate:
                 for item in items:
-                    await self.fire(item)
+                    issue = await self.fire(item) or issue
+            return issue
 
-        await asyncio.gather(*(fire_issue(items) for items in by_issue.values()))
+        answered = await asyncio.gather(*(fire_issue(items) for items in by_issue.values()))
+        await self._store([issue for issue in answered if issue is not None])
         late = max((self._now() - d.fire_at).total_seconds() for d in due)
         log.info("sla_clocks_fired", count=len(due), issues=len(by_issue), max_late=round(late, 3))
 
-    async def fire(self, due: DueClock) -> None:
-        """Send the command a clock is due for and store the issue's clocks it answers with."""
+    async def fire(self, due: DueClock) -> Issue | None:
+        """Send the command a clock is due for; returns the issue as the command left it."""
         now = self._now()
         command = command_for(due, now)
         name = type(command).__name__
@@ -262,7 +270,7 @@ class SlaScanner:
             _, issue, _ = await self._service.execute(SYSTEM, due.issue_id, command, _snapshot)
         except IssueNotFound:
             await self._pool.execute(FORGET_ISSUE, due.issue_id)
-            return
+            return None
         except Exception as exc:
             # The lease brings the clock back; one bad issue must not stop the others.
             COMMANDS.labels(name, "failed").inc()
@@ -273,14 +281,18 @@ class SlaScanner:
                 command=name,
                 error=repr(exc),
             )
-            return
+            return None
+        assert isinstance(issue, Issue)
         COMMANDS.labels(name, _result(issue, command)).inc()
-        await self._store(issue)
+        return issue
 
-    async def _store(self, issue: Issue) -> None:
-        state = IssueClocks(issue.id, issue.vendor_id, issue.version, issue.clocks)
+    async def _store(self, issues: Sequence[Issue]) -> None:
+        """Schedule the issues' next fire times now, without waiting for the log."""
+        if not issues:
+            return
+        states = [IssueClocks(i.id, i.vendor_id, i.version, i.clocks) for i in issues]
         async with self._pool.acquire() as conn:
-            await self._clock_table.store(conn, [state])
+            await self._clock_table.store(conn, states)
 
     async def _recompute_batch(self) -> int:
         """Send RecomputeSla to a batch of issues queued by a policy change."""
@@ -294,27 +306,34 @@ class SlaScanner:
             await self._reference.refresh()
         gate = asyncio.Semaphore(self._concurrency)
 
-        async def recompute(issue_id: str, policy_version: int) -> None:
+        async def recompute(issue_id: str) -> tuple[str, Issue | None]:
             async with gate:
-                await self.recompute(issue_id, policy_version)
+                return issue_id, await self.recompute(issue_id)
 
-        await asyncio.gather(*(recompute(r["issue_id"], r["policy_version"]) for r in rows))
-        log.info("sla_recomputed", count=len(rows), policy_version=wanted)
+        answered = await asyncio.gather(*(recompute(r["issue_id"]) for r in rows))
+        await self._store([issue for _, issue in answered if issue is not None])
+        versions = {r["issue_id"]: r["policy_version"] for r in rows}
+        finished = [issue_id for issue_id, issue in answered if issue is not None]
+        await self._pool.execute(
+            FINISH_RECOMPUTE, finished, [versions[issue_id] for issue_id in finished]
+        )
+        log.info("sla_recomputed", count=len(finished), policy_version=wanted)
         return len(rows)
 
-    async def recompute(self, issue_id: str, policy_version: int) -> None:
+    async def recompute(self, issue_id: str) -> Issue | None:
         """Retarget one issue's live clocks to the policy in force, keeping elapsed time."""
         try:
             _, issue, _ = await self._service.execute(SYSTEM, issue_id, c.RecomputeSla(), _snapshot)
         except IssueNotFound:
-            await self._pool.execute(FINISH_RECOMPUTE, issue_id, policy_version)
-            return
+            await self._pool.execute(FINISH_RECOMPUTE, [issue_id], [2**31 - 1])
+            return None
         except Exception as exc:
+            # Left queued: the lease brings it back.
             log.error("sla_recompute_failed", issue_id=issue_id, error=repr(exc))
-            return
+            return None
+        assert isinstance(issue, Issue)
         RECOMPUTED.inc()
-        await self._store(issue)
-        await self._pool.execute(FINISH_RECOMPUTE, issue_id, policy_version)
+        return issue
 
 
 async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:

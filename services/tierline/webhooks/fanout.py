@@ -26,7 +26,7 @@ def event_body(event: LogEvent) -> EventBody:
     if event.traceparent:
         # CloudEvents distributed-tracing extension: the receiver can join the trace.
         document["traceparent"] = event.traceparent
-    body = json.dumps(document, separators=(",", ":"), sort_keys=False)
+    body = json.dumps(document, separators=(",", ":"))
     return EventBody(
         uuid.UUID(event.event_id), event.stream_id, event.version, event.type, event.time, body
     )

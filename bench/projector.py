@@ -1,0 +1,613 @@
+"""Projector benchmark: replay throughput against the eventsourcing library, and freshness.
+
+1. Replay: a reproducible workload (issue lifecycles through the pure domain, 200k events by
+   default) is stored in the event store, published to the log by the relay, then rebuilt from
+   offset 0 by `tierline replay` (the same `Replay` the CLI runs: fold, set-based writes, offsets
+   and applied versions in each batch's transaction, swap at the end). Events/s, median of runs.
+2. Peer: the `eventsourcing` library (PostgreSQL persistence) rebuilding an equivalent view
+   (the same tables, filled by the same fold) from its notification log with its
+   `ProjectionRunner`, one transaction per event with its tracking record: its documented way.
+   It runs on a prefix of the events (`--peer-events`), because at its rate the full set
+   takes tens of minutes; the ratio compares rates.
+3. Freshness: `tierline dev` (every role in one process) driven at `--rate` commands/s over HTTP;
+   for each accepted command, the time until `GET /v1/issues` shows the issue at that version.
+
+Parts 1 and 2 share one PostgreSQL (`PostgresServer`, durable default settings) and one Tansu
+broker (`TansuBroker`), both started here. Run: `python -m bench.projector [--events N]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from eventsourcing.application import Application
+from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import Tracking
+from eventsourcing.postgres import PostgresTrackingRecorder
+from eventsourcing.projection import Projection, ProjectionRunner
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bench.common import dev_stack, save, summary
+from tierline.config import Settings
+from tierline.devstack.postgres import PostgresServer
+from tierline.devstack.tansu import TansuBroker
+from tierline.eventlog.kafka import ensure_topic, producer_options
+from tierline.projector.fold import IssueRow, clock_row, fold
+from tierline.projector.replay import Replay, RichProgress, progress_bar
+from tierline.projector.tables import (
+    CLOCK_COLUMNS,
+    ESCALATION_COLUMNS,
+    ISSUE_COLUMNS,
+    ISSUE_ROW_FIELDS,
+    PROJECTION_TABLES,
+    TIMELINE_COLUMNS,
+    clock_values,
+    daily_values,
+    issue_values,
+)
+from tierline.projector.workload import GeneratedEvent, Workload
+from tierline.relay.relay import Relay
+from tierline.store.migrate import migrate_url
+
+console = Console()
+TOPIC = "bench.issue-events"
+PARTITIONS = 12
+PEER_SCHEMA = "es_view"
+
+COPY_COLUMNS = ("event_id", "stream_id", "stream_type", "version", "type", "time", "data")
+
+
+# --------------------------------------------------------------------------- workload
+
+
+def generate(count: int, seed: int) -> list[GeneratedEvent]:
+    """The workload's first `count` events (whole commands)."""
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("generating events", total=count)
+        events: list[GeneratedEvent] = []
+        for event in Workload(seed=seed).events(count):
+            events.append(event)
+            if len(events) % 5000 == 0:
+                bar.update(task, completed=len(events))
+    return events
+
+
+async def store_and_publish(
+    database_url: str, bootstrap: str, events: list[GeneratedEvent]
+) -> None:
+    """COPY the events into the store, then let the relay put them on the log."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = [
+            (e.event_id, e.stream_id, "issue", e.version, e.type, e.time, e.data_json)
+            for e in events
+        ]
+        await conn.copy_records_to_table("events", columns=COPY_COLUMNS, records=rows)
+        await ensure_topic(bootstrap, TOPIC, PARTITIONS)
+        relay = Relay(
+            database_url=database_url,
+            bootstrap=bootstrap,
+            topic=TOPIC,
+            partitions=PARTITIONS,
+            idempotent=False,
+            batch_size=5000,
+        )
+        producer = AIOKafkaProducer(**producer_options(bootstrap, False))
+        await producer.start()
+        try:
+            with Progress(console=console, transient=True) as bar:
+                task = bar.add_task("publishing", total=len(events))
+                while published := await relay.publish_batch(conn, producer):
+                    bar.advance(task, published)
+        finally:
+            await producer.stop()
+    finally:
+        await conn.close()
+
+
+# --------------------------------------------------------------------------- tierline
+
+
+async def tierline_replays(settings: Settings, runs: int) -> list[dict[str, float]]:
+    """Full replays (rebuild and swap), each from offset 0."""
+    results = []
+    for run in range(1, runs + 1):
+        with progress_bar(console) as bar:
+            result = await Replay(settings, progress=RichProgress(bar)).run()
+        results.append({"events": result.events, "seconds": round(result.seconds, 3)})
+        console.print(
+            f"replay {run}: {result.events:,} events in {result.seconds:.2f}s = "
+            f"{result.events_per_second:,.0f} events/s"
+        )
+    return results
+
+
+# --------------------------------------------------------------------------- eventsourcing
+
+
+class IssueEvent(DomainEvent):
+    """A Tierline event as an eventsourcing domain event (same id, type, time and data)."""
+
+    event_id: str
+    type: str
+    data: dict[str, Any]
+
+
+class IssueLog(Application[uuid.UUID]):
+    """The application whose notification log holds the events."""
+
+
+@dataclass(frozen=True)
+class PeerEvent:
+    """What the shared fold reads."""
+
+    event_id: str
+    stream_id: str
+    version: int
+    type: str
+    time: datetime
+    data: dict[str, Any]
+
+
+def _placeholders(columns: Iterable[str], casts: dict[str, str]) -> str:
+    return ", ".join(f"%s{casts.get(c, '')}" for c in columns)
+
+
+_ISSUE_NAMES = [name for name, _ in ISSUE_COLUMNS]
+_CLOCK_NAMES = [name for name, _ in CLOCK_COLUMNS]
+PEER_SELECT_ISSUE = (
+    "SELECT "
+    + ", ".join(f"{n}::text" if n == "clocks" else n for n in ISSUE_ROW_FIELDS)
+    + f" FROM {PEER_SCHEMA}.issues WHERE issue_id = %s"
+)
+PEER_UPSERT_ISSUE = (
+    f"INSERT INTO {PEER_SCHEMA}.issues ({', '.join(_ISSUE_NAMES)}) "
+    f"VALUES ({_placeholders(_ISSUE_NAMES, {'clocks': '::jsonb'})}) "
+    "ON CONFLICT (issue_id) DO UPDATE SET "
+    + ", ".join(f"{n} = EXCLUDED.{n}" for n in _ISSUE_NAMES[1:])
+)
+PEER_INSERT_TIMELINE = (
+    f"INSERT INTO {PEER_SCHEMA}.issue_timeline ({', '.join(TIMELINE_COLUMNS)}) "
+    f"VALUES ({_placeholders(TIMELINE_COLUMNS, {'data': '::jsonb', 'event_id': '::uuid'})})"
+)
+PEER_INSERT_ESCALATION = (
+    f"INSERT INTO {PEER_SCHEMA}.escalations ({', '.join(ESCALATION_COLUMNS)}) "
+    f"VALUES ({_placeholders(ESCALATION_COLUMNS, {})})"
+)
+PEER_UPSERT_CLOCK = (
+    f"INSERT INTO {PEER_SCHEMA}.sla_clocks ({', '.join(_CLOCK_NAMES)}) "
+    f"VALUES ({_placeholders(_CLOCK_NAMES, {'warned': '::float8[]'})}) "
+    "ON CONFLICT (issue_id, clock_id) DO UPDATE SET "
+    + ", ".join(f"{n} = EXCLUDED.{n}" for n in _CLOCK_NAMES[2:])
+)
+
+
+def _daily_upsert() -> str:
+    from tierline.projector.fold import DAILY_FIELDS
+
+    names = ["vendor_id", "day", *DAILY_FIELDS]
+    return (
+        f"INSERT INTO {PEER_SCHEMA}.vendor_daily AS d ({', '.join(names)}) "
+        f"VALUES ({_placeholders(names, {})}) ON CONFLICT (vendor_id, day) DO UPDATE SET "
+        + ", ".join(f"{n} = d.{n} + EXCLUDED.{n}" for n in DAILY_FIELDS)
+    )
+
+
+PEER_UPSERT_DAILY = _daily_upsert()
+
+
+class IssueViewRecorder(PostgresTrackingRecorder):
+    """The equivalent view: Tierline's read tables, one event and its tracking per transaction.
+
+    Like the projector, it keeps issue rows in memory and trusts them only at the version just
+    before the event, so it reads back only what it has not seen.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._cache: dict[str, IssueRow] = {}
+
+    def apply(self, event: PeerEvent, tracking: Tracking) -> None:
+        """Fold one event and write its rows with the tracking record, in one transaction."""
+        with self.datastore.transaction(commit=True) as curs:
+            states: dict[str, IssueRow] = {}
+            cached = self._cache.get(event.stream_id)
+            if cached is not None and cached.version == event.version - 1:
+                states[event.stream_id] = cached
+            elif event.version > 1:
+                curs.execute(PEER_SELECT_ISSUE, (event.stream_id,), prepare=True)
+                found = curs.fetchone()
+                if found is not None:
+                    values = {k: found[k] for k in ISSUE_ROW_FIELDS}
+                    values["clocks"] = json.loads(values["clocks"])
+                    states[event.stream_id] = IssueRow(**values)
+            changes = fold(states, [event])
+            for row in changes.issues.values():
+                curs.execute(PEER_UPSERT_ISSUE, issue_values(row), prepare=True)
+                self._cache[row.issue_id] = row
+            for timeline in changes.timeline:
+                curs.execute(PEER_INSERT_TIMELINE, timeline, prepare=True)
+            for escalation in changes.escalations:
+                curs.execute(PEER_INSERT_ESCALATION, escalation, prepare=True)
+            for clock in changes.clocks.values():
+                curs.execute(PEER_UPSERT_CLOCK, clock_values(clock_row(clock)), prepare=True)
+            for (vendor_id, day), counts in changes.daily.items():
+                curs.execute(PEER_UPSERT_DAILY, daily_values(vendor_id, day, counts), prepare=True)
+            self._insert_tracking(curs, tracking)
+
+
+class IssueView(Projection[IssueViewRecorder]):
+    """Processes each IssueEvent from the application's notification log."""
+
+    name = "issueview"
+
+    def process_event(self, domain_event: Any, tracking: Tracking) -> None:
+        """Hand the event to the view."""
+        event = PeerEvent(
+            event_id=domain_event.event_id,
+            stream_id=str(domain_event.originator_id),
+            version=domain_event.originator_version,
+            type=domain_event.type,
+            time=domain_event.timestamp,
+            data=domain_event.data,
+        )
+        self.view.apply(event, tracking)
+
+
+def peer_env(dsn: dict[str, str]) -> dict[str, str]:
+    """Settings for eventsourcing's PostgreSQL persistence."""
+    return {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": dsn["database"],
+        "POSTGRES_HOST": dsn["host"],
+        "POSTGRES_PORT": dsn["port"],
+        "POSTGRES_USER": dsn["user"],
+        "POSTGRES_PASSWORD": "",
+        "CREATE_TABLE": "y",
+    }
+
+
+def peer_record(env: dict[str, str], events: list[GeneratedEvent]) -> int:
+    """Record the events in the application's store; returns the last notification id."""
+    app = IssueLog(env)
+    try:
+        for start in range(0, len(events), 2000):
+            batch = [
+                IssueEvent(
+                    originator_id=uuid.UUID(e.stream_id),
+                    originator_version=e.version,
+                    timestamp=e.time,
+                    event_id=str(e.event_id),
+                    type=e.type,
+                    data=json.loads(e.data_json),
+                )
+                for e in events[start : start + 2000]
+            ]
+            app.recorder.insert_events([app.mapper.to_stored_event(e) for e in batch])
+        last = app.recorder.max_notification_id()
+        assert last is not None
+        return last
+    finally:
+        app.close()
+
+
+def peer_rebuild(env: dict[str, str], last: int, count: int) -> float:
+    """Seconds for eventsourcing's ProjectionRunner to process the log up to `last`."""
+    started = time.perf_counter()
+    with ProjectionRunner(
+        application_class=IssueLog,
+        projection_class=IssueView,
+        view_class=IssueViewRecorder,
+        env=env,
+    ) as runner:
+        runner.wait(last, timeout=3600)
+    elapsed = time.perf_counter() - started
+    console.print(f"eventsourcing: {count:,} events in {elapsed:.2f}s = {count / elapsed:,.0f}/s")
+    return elapsed
+
+
+async def prepare_peer_db(admin_dsn: str) -> tuple[str, dict[str, str]]:
+    """A database for the peer with the read tables cloned into its view schema."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute("DROP DATABASE IF EXISTS bench_peer")
+        await conn.execute("CREATE DATABASE bench_peer")
+    finally:
+        await conn.close()
+    url = admin_dsn.rsplit("/", 1)[0] + "/bench_peer"
+    await migrate_url(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(f"CREATE SCHEMA {PEER_SCHEMA}")
+        for table in PROJECTION_TABLES.values():
+            await conn.execute(
+                f"CREATE TABLE {PEER_SCHEMA}.{table} (LIKE read.{table} INCLUDING ALL)"
+            )
+    finally:
+        await conn.close()
+    host, port = url.split("@", 1)[1].split("/", 1)[0].split(":")
+    user = url.split("//", 1)[1].split("@")[0]
+    return url, {"database": "bench_peer", "host": host, "port": port, "user": user}
+
+
+async def peer_row_counts(url: str) -> dict[str, int]:
+    """Rows per view table, to show the peer built the same thing."""
+    conn = await asyncpg.connect(url)
+    try:
+        return {
+            t: int(await conn.fetchval(f"SELECT count(*) FROM {PEER_SCHEMA}.{t}"))
+            for t in PROJECTION_TABLES.values()
+        }
+    finally:
+        await conn.close()
+
+
+def expected_row_counts(events: list[GeneratedEvent]) -> dict[str, int]:
+    """Rows the fold makes of these events, for the peer's sanity check."""
+    changes = fold(
+        {},
+        [
+            PeerEvent(
+                str(e.event_id), e.stream_id, e.version, e.type, e.time, json.loads(e.data_json)
+            )
+            for e in events
+        ],
+    )
+    return {
+        "issues": len(changes.issues),
+        "issue_timeline": len(changes.timeline),
+        "escalations": len(changes.escalations),
+        "sla_clocks": len(changes.clocks),
+        "vendor_daily": len(changes.daily),
+    }
+
+
+# --------------------------------------------------------------------------- freshness
+
+
+@dataclass
+class Pending:
+    """A command accepted by the API, waiting to show up in the list."""
+
+    version: int
+    accepted: float
+
+
+async def freshness(rate: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Drive `tierline dev` at `rate` commands/s; latency from 2xx to visible in the list."""
+    rng = random.Random(seed)
+    with dev_stack(port=18181) as dev:
+        headers = {"Authorization": f"Bearer {dev['admin_key']}"}
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(
+            dev["api_url"], headers=headers, connector=connector
+        ) as http:
+            await http.post("/v1/vendors", json={"id": "fresh", "name": "Fresh"})
+            return await _drive(http, rng, rate, seconds)
+
+
+async def _drive(
+    http: aiohttp.ClientSession, rng: random.Random, rate: float, seconds: float
+) -> dict[str, Any]:
+    pending: dict[str, list[Pending]] = {}
+    issues: list[str] = []
+    visible: list[float] = []
+    accepted: list[float] = []
+    errors = 0
+    done = asyncio.Event()
+
+    async def one(n: int) -> None:
+        nonlocal errors
+        sent = time.perf_counter()
+        if not issues or rng.random() < 0.2:
+            path = "/v1/issues"
+            body: dict[str, Any] = {
+                "vendor_id": "fresh", "title": f"fresh {n}", "category": "quality",
+                "priority": rng.choice(["P2", "P3", "P4"]),
+            }  # fmt: skip
+        else:
+            path = f"/v1/issues/{rng.choice(issues)}/comments"
+            body = {"body": f"update {n}", "author": "bench"}
+        async with http.post(path, json=body) as resp:
+            if resp.status not in (200, 201):
+                errors += 1
+                return
+            issue = await resp.json()
+        now = time.perf_counter()
+        accepted.append(now - sent)
+        pending.setdefault(issue["id"], []).append(Pending(issue["version"], now))
+        if path == "/v1/issues":
+            issues.append(issue["id"])
+
+    async def watch() -> None:
+        while not (done.is_set() and not pending):
+            cursor = None
+            while True:
+                params = {"limit": "500", **({"cursor": cursor} if cursor else {})}
+                async with http.get("/v1/issues", params=params) as resp:
+                    page = await resp.json()
+                seen = time.perf_counter()
+                for item in page["items"]:
+                    waiting = pending.get(item["id"])
+                    if not waiting:
+                        continue
+                    still = [p for p in waiting if p.version > item["version"]]
+                    visible.extend(
+                        seen - p.accepted for p in waiting if p.version <= item["version"]
+                    )
+                    if still:
+                        pending[item["id"]] = still
+                    else:
+                        del pending[item["id"]]
+                cursor = page["next_cursor"]
+                if cursor is None:
+                    break
+
+    watcher = asyncio.create_task(watch())
+    tasks = []
+    started = time.perf_counter()
+    total = int(rate * seconds)
+    for n in range(total):
+        # Open loop: commands go out on schedule whether or not earlier ones finished.
+        delay = started + n / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(n)))
+    await asyncio.gather(*tasks)
+    achieved = total / (time.perf_counter() - started)
+    done.set()
+    await asyncio.wait_for(watcher, 120)
+    return {
+        "commands": total,
+        "target_rate": rate,
+        "achieved_rate": round(achieved, 1),
+        "errors": errors,
+        "accepted": summary(accepted),
+        "visible_in_list": summary(visible),
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+async def main(args: argparse.Namespace) -> None:
+    results: dict[str, Any] = {"events": args.events, "seed": args.seed}
+    if not args.skip_replay:
+        results |= await replay_part(args)
+    if not args.skip_freshness:
+        results["freshness"] = await freshness(args.rate, args.seconds, args.seed)
+        console.print(results["freshness"])
+    render(results)
+    console.print(f"saved {save('projector', results)}")
+
+
+async def replay_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Parts 1 and 2 on one PostgreSQL and one broker started here."""
+    out: dict[str, Any] = {}
+    events = generate(args.events, args.seed)
+    with tempfile.TemporaryDirectory(prefix="tierline-bench-projector-") as tmp:
+        postgres = PostgresServer(Path(tmp) / "pg", forward_logs=False)
+        broker = TansuBroker(cluster_id=f"bench-{uuid.uuid4().hex[:8]}", forward_logs=False)
+        # Both block (and PostgresServer runs its own event loop): keep them off this one.
+        await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(broker.start))
+        try:
+            admin = postgres.dsn
+            conn = await asyncpg.connect(admin)
+            await conn.execute("CREATE DATABASE bench")
+            await conn.close()
+            url = admin.rsplit("/", 1)[0] + "/bench"
+            await migrate_url(url)
+            await store_and_publish(url, broker.bootstrap, events)
+            settings = Settings(
+                database_url=url,
+                kafka_bootstrap=broker.bootstrap,
+                kafka_topic=TOPIC,
+                kafka_partitions=PARTITIONS,
+                consumer_batch_size=args.batch,
+            )
+            runs = await tierline_replays(settings, args.runs)
+            rates = [r["events"] / r["seconds"] for r in runs]
+            out["tierline_replay"] = {
+                "runs": runs,
+                "median_events_per_s": round(statistics.median(rates)),
+                "batch_size": max(args.batch, 5000),
+            }
+            if not args.skip_peer:
+                out["eventsourcing"] = await peer_part(admin, events[: args.peer_events])
+                out["ratio"] = round(
+                    out["tierline_replay"]["median_events_per_s"]
+                    / out["eventsourcing"]["events_per_s"],
+                    1,
+                )
+        finally:
+            await asyncio.to_thread(broker.stop)
+            await asyncio.to_thread(postgres.stop)
+    return out
+
+
+async def peer_part(admin_dsn: str, events: list[GeneratedEvent]) -> dict[str, Any]:
+    """Part 2: record the events with eventsourcing, then time its rebuild."""
+    url, dsn = await prepare_peer_db(admin_dsn)
+    env = peer_env(dsn)
+    console.print(f"eventsourcing: recording {len(events):,} events")
+    last = await asyncio.to_thread(peer_record, env, events)
+    elapsed = await asyncio.to_thread(peer_rebuild, env, last, len(events))
+    counts = await peer_row_counts(url)
+    expected = expected_row_counts(events)
+    assert counts == expected, f"the peer's view differs: {counts} != {expected}"
+    return {
+        "events": len(events),
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(len(events) / elapsed),
+        "view_rows": counts,
+    }
+
+
+def render(results: dict[str, Any]) -> None:
+    """The figures as tables."""
+    if "tierline_replay" in results:
+        table = Table(title="Rebuilding the read models from the log")
+        for column in ("system", "events", "events/s"):
+            table.add_column(column)
+        ours = results["tierline_replay"]
+        table.add_row(
+            "tierline replay (median)",
+            f"{ours['runs'][0]['events']:,}",
+            f"{ours['median_events_per_s']:,}",
+        )
+        if "eventsourcing" in results:
+            theirs = results["eventsourcing"]
+            table.add_row(
+                "eventsourcing ProjectionRunner", f"{theirs['events']:,}",
+                f"{theirs['events_per_s']:,}",
+            )  # fmt: skip
+            table.caption = f"ratio {results['ratio']}x"
+        console.print(table)
+    if "freshness" in results:
+        fresh = results["freshness"]
+        table = Table(
+            title=f"Command accepted -> visible in GET /v1/issues ({fresh['target_rate']}/s)"
+        )
+        for column in ("", "p50 ms", "p99 ms", "mean ms"):
+            table.add_column(column)
+        for name in ("accepted", "visible_in_list"):
+            row = fresh[name]
+            table.add_row(name, str(row["p50_ms"]), str(row["p99_ms"]), str(row["mean_ms"]))
+        console.print(table)
+
+
+def parse() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser.add_argument("--events", type=int, default=200_000, help="events in the log")
+    parser.add_argument("--peer-events", type=int, default=20_000, help="events for the peer")
+    parser.add_argument("--runs", type=int, default=3, help="replays to take the median of")
+    parser.add_argument("--batch", type=int, default=5000, help="replay batch size")
+    parser.add_argument("--rate", type=float, default=200.0, help="commands/s for freshness")
+    parser.add_argument("--seconds", type=float, default=30.0, help="freshness run length")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--skip-replay", action="store_true")
+    parser.add_argument("--skip-peer", action="store_true")
+    parser.add_argument("--skip-freshness", action="store_true")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse()))

@@ -1,0 +1,510 @@
+"""SLA engine benchmark: many clocks falling due together, recorded as breach events on Kafka.
+
+Self-contained: starts the dev stack's PostgreSQL and Tansu in a temporary directory, and for
+each scenario a fresh database and topic with `tierline relay` and `--workers` x `tierline sla`
+as separate processes. The bench opens the issues through the write path with back-dated
+opening times, so that their respond clocks fall due where the scenario wants them:
+
+* burst:     --clocks clocks due within --window seconds (default 20,000 within 1 s; the
+             issue's figure is 100,000: `--clocks 100000`);
+* sustained: --rate clocks per second for --duration seconds (default 1,000/s for 30 s).
+
+Measured per breach: recorded lateness (the `sla_breached` event's breached_at - due_at, i.e.
+when the write path decided it) and Kafka lateness (when this process read the event from the
+topic - due_at), p50/p99/max, and the time until every breach event is on Kafka.
+
+Peer: pgqueuer scheduling the same deferred jobs (execute_after spread the same way) on the
+same PostgreSQL, drained by as many worker processes running a no-op job; lateness = job
+start - execute_after. Tierline's figure includes a full command transaction per breach, the
+relay to Kafka and the round trip through the log; pgqueuer's is scheduling alone.
+
+Run from the repository root: `python -m bench.sla` (or `make bench-sla`); `--help` for sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from bench.common import ROOT, percentile, save
+from tierline.devstack.postgres import PostgresServer
+from tierline.devstack.process import ManagedProcess
+from tierline.devstack.tansu import TansuBroker
+from tierline.domain import commands as c
+from tierline.domain.governance import Governance, Priority, SlaPolicy, Tier, Vendor
+from tierline.domain.issue import Issue
+from tierline.eventlog.kafka import ensure_topic
+from tierline.service_layer.issues import SYSTEM, IssueService, Response
+from tierline.service_layer.reference import ReferenceData
+from tierline.store.migrate import migrate_url
+from tierline.store.pool import create_pool
+from tierline.store.vendors import insert_vendor, replace_governance
+
+console = Console(width=150)
+PARTITIONS = 12
+TARGET = timedelta(hours=1)
+# One tier, one policy: each respond clock breaches once; no warnings, no escalation, and the
+# resolve clock falls due long after the run.
+GOVERNANCE = Governance(
+    tiers=[Tier(level=1, name="Operational")],
+    sla=[
+        SlaPolicy(
+            tier=1,
+            priority="P3",
+            respond_within=TARGET,
+            resolve_within=TARGET * 4,
+            warn_at=[],
+            auto_escalate=False,
+        )
+    ],
+)
+BREACH_TYPE = b"io.tierline.issue.sla_breached.v1"
+PG_SETTINGS = {"max_connections": "300", "shared_buffers": "256MB"}
+
+
+@contextmanager
+def infrastructure() -> Iterator[tuple[str, str]]:
+    """PostgreSQL and Tansu, as `tierline dev` runs them, in a throwaway directory."""
+    with tempfile.TemporaryDirectory(prefix="tierline-bench-sla-") as tmp:
+        postgres = PostgresServer(Path(tmp) / "pg", forward_logs=False, settings=PG_SETTINGS)
+        broker = TansuBroker(cluster_id=f"bench-{uuid.uuid4().hex[:8]}", forward_logs=False)
+        postgres.start()
+        try:
+            broker.start()
+            try:
+                yield postgres.dsn, broker.bootstrap
+            finally:
+                broker.stop()
+        finally:
+            postgres.stop()
+
+
+async def new_database(admin_dsn: str) -> str:
+    """A fresh, empty database on the server; returns its URL."""
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return admin_dsn.rsplit("/", 1)[0] + f"/{name}"
+
+
+def due_times(start: datetime, clocks: int, window: float) -> list[datetime]:
+    """`clocks` instants spread evenly over `window` seconds from `start`."""
+    step = window / clocks
+    return [start + timedelta(seconds=i * step) for i in range(clocks)]
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """p50/p99/max in milliseconds."""
+    return {
+        "p50_ms": round(percentile(values, 50) * 1000, 1),
+        "p99_ms": round(percentile(values, 99) * 1000, 1),
+        "max_ms": round(max(values) * 1000, 1) if values else float("nan"),
+    }
+
+
+# --- Tierline ---------------------------------------------------------------------------------
+
+
+def role_process(name: str, role: str, env: dict[str, str]) -> ManagedProcess:
+    """A `tierline <role>` process; dies with this one."""
+    argv = [sys.executable, "-m", "tierline.cli", role]
+    return ManagedProcess(name, argv, env=env, forward=False, stop_signal=signal.SIGTERM)
+
+
+def role_env(database_url: str, bootstrap: str, topic: str) -> dict[str, str]:
+    """The environment every role process of a scenario shares."""
+    return {
+        **os.environ,
+        "TIERLINE_DATABASE_URL": database_url,
+        "TIERLINE_KAFKA_BOOTSTRAP": bootstrap,
+        "TIERLINE_KAFKA_TOPIC": topic,
+        "TIERLINE_KAFKA_PARTITIONS": str(PARTITIONS),
+        "TIERLINE_KAFKA_IDEMPOTENCE": "false",
+        "TIERLINE_METRICS_PORT": "0",
+        "TIERLINE_LOG_LEVEL": "WARNING",
+        "TIERLINE_RELAY_POLL_INTERVAL": "0.2",
+    }
+
+
+def _keep(issue: Issue, created: bool) -> Response:
+    return 201, issue, {}
+
+
+async def open_issues(
+    pool: asyncpg.Pool, opened: list[datetime], priority: Priority = "P3", concurrency: int = 32
+) -> float:
+    """One issue per opening time, through the write path; returns issues opened per second."""
+    reference = ReferenceData(pool)
+    command = c.OpenIssue(vendor_id="bench", title="bench", category="quality", priority=priority)
+    queue = list(reversed(opened))
+    started = time.monotonic()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"opening {priority} issues", total=len(opened))
+
+        async def opener() -> None:
+            while queue:
+                opened_at = queue.pop()
+                service = IssueService(pool, reference, clock=lambda at=opened_at: at)
+                await service.open(SYSTEM, command, _keep)
+                progress.advance(task)
+
+        await asyncio.gather(*(opener() for _ in range(concurrency)))
+    return len(opened) / (time.monotonic() - started)
+
+
+async def lead_time(pool: asyncpg.Pool, clocks: int, lead: float | None) -> float:
+    """Seconds to leave before the first clock is due: set-up must be over by then.
+
+    Measured, unless given: the write path's opening rate on P4 issues (no policy, no clocks,
+    nothing for the SLA engine), with a wide margin for the consumers to catch up.
+    """
+    if lead is not None:
+        return lead
+    sample = min(2000, max(200, clocks // 50))
+    rate = await open_issues(pool, [datetime.now(UTC)] * sample, priority="P4")
+    return 15 + 1.6 * clocks / rate
+
+
+async def wait_for_ingest(pool: asyncpg.Pool, issues: int, deadline: datetime) -> bool:
+    """Wait until the SLA consumers know every issue's clocks; False if not before `deadline`."""
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("SLA consumers ingesting", total=issues)
+        while True:
+            # sla_issues keeps a row per issue; clock rows go once breached.
+            count = await pool.fetchval("SELECT count(*) FROM sla_issues")
+            progress.update(task, completed=count)
+            if count >= issues:
+                return datetime.now(UTC) < deadline
+            if datetime.now(UTC) > deadline + timedelta(seconds=300):
+                return False
+            await asyncio.sleep(0.2)
+
+
+@dataclass
+class KafkaBreaches:
+    """Reads the topic from the start and notes each breach event as it arrives."""
+
+    bootstrap: str
+    topic: str
+    seen: list[tuple[float, datetime, datetime]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    expected: int = 0
+
+    async def run(self) -> None:
+        """Consume until `expected` breaches were seen (task is cancelled otherwise)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=20,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.topic, p) for p in range(PARTITIONS)]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            while len(self.seen) < self.expected:
+                batches = await consumer.getmany(timeout_ms=100, max_records=10_000)
+                received = time.time()
+                for messages in batches.values():
+                    for msg in messages:
+                        if dict(msg.headers).get("ce_type") == BREACH_TYPE:
+                            data = json.loads(msg.value)
+                            due = datetime.fromisoformat(data["due_at"])
+                            self.seen.append(
+                                (received, due, datetime.fromisoformat(data["breached_at"]))
+                            )
+            self.done.set()
+        finally:
+            await consumer.stop()
+
+
+async def tierline_scenario(
+    admin_dsn: str, bootstrap: str, clocks: int, window: float, workers: int, lead: float | None
+) -> dict[str, Any]:
+    """Breach `clocks` respond clocks due within `window` s; lateness and drain time."""
+    url = await new_database(admin_dsn)
+    await migrate_url(url)
+    topic = f"bench.sla.{uuid.uuid4().hex[:8]}"
+    await ensure_topic(bootstrap, topic, PARTITIONS)
+    pool = await create_pool(url, min_size=4, max_size=40)
+    env = role_env(url, bootstrap, topic)
+    procs = [role_process("relay", "relay", env)]
+    procs += [role_process(f"sla-{n}", "sla", env) for n in range(workers)]
+    try:
+        await insert_vendor(pool, Vendor(id="bench", name="Bench"))
+        async with pool.acquire() as conn:
+            await replace_governance(conn, GOVERNANCE, datetime.now(UTC))
+        for proc in procs:
+            proc.start()
+        lead = await lead_time(pool, clocks, lead)
+        first_due = datetime.now(UTC) + timedelta(seconds=lead)
+        dues = due_times(first_due, clocks, window)
+        setup_started = time.monotonic()
+        await open_issues(pool, [due - TARGET for due in dues])
+        in_time = await wait_for_ingest(pool, clocks, first_due)
+        setup = time.monotonic() - setup_started
+        if not in_time:
+            console.print(f"[yellow]set-up overran the first due time; raise --lead ({lead:.0f}s)")
+        reader = KafkaBreaches(bootstrap, topic, expected=clocks)
+        reading = asyncio.create_task(reader.run())
+        budget = (dues[-1] - datetime.now(UTC)).total_seconds() + max(120.0, clocks / 200)
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("breaches on Kafka", total=clocks)
+            while not reader.done.is_set() and budget > 0:
+                if reading.done():
+                    reading.result()
+                progress.update(task, completed=len(reader.seen))
+                await asyncio.sleep(0.2)
+                budget -= 0.2
+        reading.cancel()
+        crashed = [p.name for p in procs if not p.alive()]
+    finally:
+        for proc in procs:
+            proc.stop()
+        await pool.close()
+    result = summarise_tierline(reader.seen, clocks, window, workers, setup, in_time, crashed)
+    # Other work on the machine skews every figure; the load average says how much there was.
+    return {**result, "lead_s": round(lead, 1), "load_average_1m": os.getloadavg()[0]}
+
+
+def summarise_tierline(
+    seen: list[tuple[float, datetime, datetime]],
+    clocks: int,
+    window: float,
+    workers: int,
+    setup: float,
+    in_time: bool,
+    crashed: list[str],
+) -> dict[str, Any]:
+    """The figures of one Tierline scenario."""
+    recorded = [(breached - due).total_seconds() for _, due, breached in seen]
+    on_kafka = [received - due.timestamp() for received, due, _ in seen]
+    first_due = min((due for _, due, _ in seen), default=None)
+    last_seen = max((received for received, _, _ in seen), default=float("nan"))
+    return {
+        "engine": "tierline",
+        "clocks": clocks,
+        "window_s": window,
+        "workers": workers,
+        "breaches_on_kafka": len(seen),
+        "setup_s": round(setup, 1),
+        "setup_in_time": in_time,
+        "crashed": crashed,
+        "all_on_kafka_after_first_due_s": (
+            round(last_seen - first_due.timestamp(), 2) if first_due else None
+        ),
+        "recorded_lateness": stats(recorded),
+        "kafka_lateness": stats(on_kafka),
+    }
+
+
+# --- pgqueuer ---------------------------------------------------------------------------------
+
+
+async def pgqueuer_worker(dsn: str, batch_size: int) -> list[float]:
+    """One pgqueuer worker with a no-op job until SIGTERM; returns the lateness samples (s)."""
+    from pgqueuer import QueueManager
+    from pgqueuer.models import Job
+    from pgqueuer.queries import Queries
+
+    conn = await asyncpg.connect(dsn)
+    qm = QueueManager(Queries.from_asyncpg_connection(conn))
+    samples: list[float] = []
+
+    @qm.entrypoint("breach")
+    async def breach(job: Job) -> None:
+        samples.append(time.time() - job.execute_after.timestamp())
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, qm.shutdown.set)
+    await qm.run(batch_size=batch_size, dequeue_timeout=timedelta(seconds=1))
+    await conn.close()
+    return samples
+
+
+def collect(outs: list[Path]) -> list[float]:
+    """The samples the workers wrote, files removed."""
+    samples: list[float] = []
+    for out in outs:
+        if out.exists():
+            samples.extend(json.loads(out.read_text()))
+        out.unlink(missing_ok=True)
+    return samples
+
+
+async def enqueue_jobs(dsn: str, dues: list[datetime], chunk: int = 5000) -> None:
+    """Defer one job per due time; execute_after is relative to the database's NOW()."""
+    from pgqueuer.queries import Queries
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        queries = Queries.from_asyncpg_connection(conn)
+        for start in range(0, len(dues), chunk):
+            part = dues[start : start + chunk]
+            now = datetime.now(UTC)
+            await queries.enqueue(
+                ["breach"] * len(part),
+                [None] * len(part),
+                [0] * len(part),
+                [due - now for due in part],
+            )
+    finally:
+        await conn.close()
+
+
+async def pgqueuer_scenario(
+    admin_dsn: str, clocks: int, window: float, workers: int, batch_size: int
+) -> dict[str, Any]:
+    """The same deferred work with pgqueuer on the same PostgreSQL."""
+    from pgqueuer.queries import Queries
+
+    url = await new_database(admin_dsn)
+    conn = await asyncpg.connect(url)
+    try:
+        await Queries.from_asyncpg_connection(conn).install()
+        outs = [Path(tempfile.mktemp(suffix=".json", prefix="pgq-")) for _ in range(workers)]
+        argv = [sys.executable, "-m", "bench.sla", "--pgqueuer-worker", url]
+        argv += ["--batch", str(batch_size)]
+        procs = [
+            ManagedProcess(f"pgq-{n}", [*argv, "--out", str(out)], cwd=ROOT, forward=False)
+            for n, out in enumerate(outs)
+        ]
+        for proc in procs:
+            proc.start()
+        first_due = datetime.now(UTC) + timedelta(seconds=5 + clocks / 20_000)
+        dues = due_times(first_due, clocks, window)
+        await enqueue_jobs(url, dues)
+        budget = window + max(120.0, clocks / 200) + (first_due - datetime.now(UTC)).seconds
+        started = time.monotonic()
+        while await conn.fetchval("SELECT count(*) FROM pgqueuer") > 0:
+            if time.monotonic() - started > budget:
+                break
+            await asyncio.sleep(0.05)
+        drained = time.time()
+        for proc in procs:
+            proc.stop()
+        samples = collect(outs)
+    finally:
+        await conn.close()
+    return {
+        "engine": "pgqueuer",
+        "clocks": clocks,
+        "window_s": window,
+        "workers": workers,
+        "batch_size": batch_size,
+        "jobs_run": len(samples),
+        "all_done_after_first_due_s": round(drained - first_due.timestamp(), 2),
+        "recorded_lateness": stats(samples),
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
+# --- driver -----------------------------------------------------------------------------------
+
+
+def render(rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """One table for every scenario."""
+    table = Table(title="SLA clocks falling due: lateness of the recorded outcome")
+    columns = ("scenario", "engine", "clocks", "window s", "done", "all done s")
+    for column in (*columns, "p50 ms", "p99 ms", "max ms", "on Kafka p50/p99 ms"):
+        table.add_column(column)
+    for scenario, r in rows:
+        late = r["recorded_lateness"]
+        kafka = r.get("kafka_lateness")
+        table.add_row(
+            scenario,
+            r["engine"],
+            str(r["clocks"]),
+            str(r["window_s"]),
+            str(r.get("breaches_on_kafka", r.get("jobs_run"))),
+            str(r.get("all_on_kafka_after_first_due_s", r.get("all_done_after_first_due_s"))),
+            str(late["p50_ms"]),
+            str(late["p99_ms"]),
+            str(late["max_ms"]),
+            f"{kafka['p50_ms']} / {kafka['p99_ms']}" if kafka else "-",
+        )
+    console.print(table)
+
+
+async def run_scenarios(
+    args: argparse.Namespace, admin_dsn: str, bootstrap: str
+) -> list[tuple[str, dict[str, Any]]]:
+    """Every scenario asked for, Tierline then its peer."""
+    scenarios = [
+        ("burst", args.clocks, args.window),
+        ("sustained", args.rate * args.duration, float(args.duration)),
+    ]
+    rows: list[tuple[str, dict[str, Any]]] = []
+    for name, clocks, window in scenarios:
+        if name not in args.only:
+            continue
+        console.print(f"[bold]{name}[/]: {clocks} clocks due within {window}s (tierline)")
+        result = await tierline_scenario(
+            admin_dsn, bootstrap, clocks, window, args.workers, args.lead
+        )
+        console.print(result)
+        rows.append((name, result))
+        if not args.skip_peer:
+            console.print(f"[bold]{name}[/]: the same with pgqueuer")
+            peer = await pgqueuer_scenario(admin_dsn, clocks, window, args.workers, args.batch)
+            console.print(peer)
+            rows.append((name, peer))
+    return rows
+
+
+def main(args: argparse.Namespace) -> None:
+    """Start the infrastructure (its start-up runs its own event loops), then the scenarios."""
+    with infrastructure() as (admin_dsn, bootstrap):
+        rows = asyncio.run(run_scenarios(args, admin_dsn, bootstrap))
+    render(rows)
+    result = {"args": vars(args), "runs": [{"scenario": n, **r} for n, r in rows]}
+    result["percentile_method"] = "nearest rank"
+    console.print(f"saved {save('sla', result)}")
+
+
+def parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clocks", type=int, default=20_000, help="clocks in the burst")
+    parser.add_argument("--window", type=float, default=1.0, help="burst due-time spread (s)")
+    parser.add_argument("--rate", type=int, default=1000, help="sustained clocks per second")
+    parser.add_argument("--duration", type=int, default=30, help="sustained seconds")
+    parser.add_argument("--workers", type=int, default=2, help="tierline sla / pgqueuer processes")
+    parser.add_argument("--batch", type=int, default=100, help="pgqueuer dequeue batch size")
+    parser.add_argument("--lead", type=float, default=None, help="seconds of set-up before due")
+    parser.add_argument("--only", nargs="+", default=["burst", "sustained"])
+    parser.add_argument("--skip-peer", action="store_true", help="tierline only")
+    parser.add_argument("--pgqueuer-worker", metavar="DSN", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    options = parse()
+    if options.pgqueuer_worker:
+        lateness = asyncio.run(pgqueuer_worker(options.pgqueuer_worker, options.batch))
+        options.out.write_text(json.dumps(lateness))
+    else:
+        main(options)

@@ -1,0 +1,270 @@
+"""The build phase of a replay: read partitions into the rebuild tables, in one or more processes.
+
+An issue's events all live in one partition (the key is the issue id), so partitions can be
+rebuilt independently: each worker process owns some partitions, its own issue states and its
+own consumer offsets and stream versions (rows no other worker touches). What they share is
+additive (vendor days, upserted) or keyed by issue (everything else), so workers never contend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import multiprocessing
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from multiprocessing.sharedctypes import SynchronizedArray
+from typing import Any, cast
+
+import asyncpg
+import structlog
+
+from tierline.config import Settings
+from tierline.eventlog.consumer import Record, apply_batch
+from tierline.logs import configure_logging
+from tierline.projector.handler import Projector
+from tierline.projector.logreader import LogReader
+from tierline.projector.role import CONSUMER_NAME
+from tierline.projector.tables import REPLAY_SCHEMA, ReadTables
+from tierline.store.pool import create_pool
+
+log = structlog.get_logger(__name__)
+
+REPLAY_CONSUMER = "projector-replay"
+POLL_MS = 300
+MIN_REPLAY_BATCH = 5000
+WATCH_SECONDS = 0.2
+
+LOAD_OFFSETS = """
+SELECT partition, next_offset FROM public.consumer_offsets
+WHERE consumer = $1 AND topic = $2 AND log_identity = $3
+"""
+
+Progress = Callable[[int, int | None], None]
+
+
+@contextlib.asynccontextmanager
+async def connection(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection, typed as the connection it proxies."""
+    async with pool.acquire() as proxy:
+        yield cast(asyncpg.Connection, proxy)
+
+
+async def stored_offsets(
+    conn: asyncpg.Connection | asyncpg.Pool, consumer: str, topic: str, identity: str
+) -> dict[int, int]:
+    """A consumer's stored offsets in this log (offsets in a lost log do not count)."""
+    rows = await conn.fetch(LOAD_OFFSETS, consumer, topic, identity)
+    return {row["partition"]: row["next_offset"] for row in rows}
+
+
+@contextlib.contextmanager
+def without_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a rebuild.
+
+    A rebuild holds every issue's state (millions of small objects); each full collection would
+    walk them all although none of them is cyclic garbage. Reference counting still frees what
+    the fold replaces; one collection runs at the end.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+        gc.collect()
+
+
+class Rebuilder:
+    """Reads partitions of the log into the rebuild tables (`read_replay`) in this process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        projections: Sequence[str],
+        partitions: Sequence[int],
+        identity: str,
+        *,
+        flushed: bool = False,
+        progress: Progress | None = None,
+    ) -> None:
+        self._topic = settings.kafka_topic
+        self._identity = identity
+        self.partitions = list(partitions)
+        self.handler = Projector(
+            ReadTables(REPLAY_SCHEMA), projections, live=False, flushed=flushed
+        )
+        batch_size = max(settings.consumer_batch_size, MIN_REPLAY_BATCH)
+        self.reader = LogReader(settings.kafka_bootstrap, self._topic, batch_size)
+        self.read = 0
+        self._progress = progress
+
+    async def start(self, offsets: dict[int, int] | None = None) -> None:
+        """Position every partition at `offsets` (the beginning where absent)."""
+        await self.reader.start(self.partitions, offsets)
+
+    async def stop(self) -> None:
+        """Close the reader."""
+        await self.reader.stop()
+
+    async def apply(self, pool: asyncpg.Pool, records: list[Record]) -> None:
+        """Apply one batch under the replay's consumer name, and report progress."""
+        if records:
+            async with connection(pool) as conn:
+                await apply_batch(
+                    conn, REPLAY_CONSUMER, self._topic, self._identity, records, self.handler
+                )
+            self.read += len(records)
+        if self._progress is not None:
+            ends = [end for end in self.reader.highwater().values() if end >= 0]
+            self._progress(self.read, sum(ends) if ends else None)
+
+    async def step(self, pool: asyncpg.Pool) -> int:
+        """Read and apply one batch; returns how many records it had."""
+        records = await self.reader.read(POLL_MS)
+        await self.apply(pool, records)
+        return len(records)
+
+    async def build(self, pool: asyncpg.Pool) -> None:
+        """Read to the log end, and at least as far as the live projector has come.
+
+        The next batch is fetched and decoded while the current one is written: the fetch
+        runs in the time the event loop would otherwise wait for PostgreSQL.
+        """
+        reader = self.reader
+        ahead: asyncio.Future[list[Record]] | None = None
+        try:
+            while True:
+                records = await (ahead if ahead is not None else reader.read(POLL_MS))
+                ahead = None
+                if records and not reader.at_end():
+                    ahead = asyncio.ensure_future(reader.read(POLL_MS))
+                await self.apply(pool, records)
+                if ahead is None and await self._past_live(pool):
+                    return
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+
+    async def catch_up(self, pool: asyncpg.Pool, offsets: dict[int, int]) -> None:
+        """Read until every partition is at least at `offsets`."""
+        while any(self.reader.positions.get(p, 0) < o for p, o in offsets.items()):
+            await self.step(pool)
+
+    async def read_exactly_to(self, pool: asyncpg.Pool, target: dict[int, int]) -> None:
+        """Read every partition up to `target`, not one record further."""
+        self.reader.limit_to(target)
+        while not self.reader.at_end():
+            await self.step(pool)
+
+    async def flush(self, pool: asyncpg.Pool) -> None:
+        """Write what the handler holds back."""
+        async with connection(pool) as conn:
+            await self.handler.flush(conn)
+
+    async def _past_live(self, pool: asyncpg.Pool) -> bool:
+        live = await stored_offsets(pool, CONSUMER_NAME, self._topic, self._identity)
+        return all(
+            self.reader.positions.get(p, 0) >= o for p, o in live.items() if p in self.partitions
+        )
+
+
+async def build_in_workers(
+    settings: Settings,
+    projections: Sequence[str],
+    partitions: Sequence[int],
+    identity: str,
+    workers: int,
+    progress: Progress,
+) -> int:
+    """Build with `workers` processes, partitions dealt round-robin; returns records read."""
+    context = multiprocessing.get_context("spawn")
+    counters = context.Array("q", [0] * (2 * workers))
+    processes = [
+        context.Process(
+            target=worker_main,
+            args=(
+                settings.model_dump(mode="json"),
+                list(projections),
+                list(partitions[n::workers]),
+                identity,
+                counters,
+                n,
+            ),
+            name=f"tierline-replay-{n}",
+            daemon=True,
+        )
+        for n in range(workers)
+    ]
+    for process in processes:
+        process.start()
+    try:
+        while any(p.is_alive() for p in processes):
+            _report(counters, workers, progress)
+            await asyncio.sleep(WATCH_SECONDS)
+            failed = [p for p in processes if p.exitcode not in (None, 0)]
+            if failed:
+                raise RuntimeError(
+                    f"replay worker {failed[0].name} exited with {failed[0].exitcode}"
+                )
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join()
+    _report(counters, workers, progress)
+    return sum(counters[2 * n] for n in range(workers))
+
+
+def _report(counters: SynchronizedArray[int], workers: int, progress: Progress) -> None:
+    done = sum(counters[2 * n] for n in range(workers))
+    totals = [counters[2 * n + 1] for n in range(workers)]
+    progress(done, sum(totals) if all(totals) else None)
+
+
+def worker_main(
+    settings: dict[str, Any],
+    projections: list[str],
+    partitions: list[int],
+    identity: str,
+    counters: SynchronizedArray[int],
+    slot: int,
+) -> None:
+    """Entry point of a worker process: build its partitions, flush, exit."""
+    config = Settings(**settings)
+    configure_logging(config.log_level, config.log_format)
+
+    def progress(done: int, total: int | None) -> None:
+        counters[2 * slot] = done
+        counters[2 * slot + 1] = total or 0
+
+    started = time.monotonic()
+    with without_cyclic_gc():
+        asyncio.run(_work(config, projections, partitions, identity, progress))
+    log.info(
+        "replay_worker_done", partitions=partitions, seconds=round(time.monotonic() - started, 3)
+    )
+
+
+async def _work(
+    settings: Settings,
+    projections: list[str],
+    partitions: list[int],
+    identity: str,
+    progress: Progress,
+) -> None:
+    pool = await create_pool(settings.database_url, min_size=1, max_size=2)
+    rebuilder = Rebuilder(settings, projections, partitions, identity, progress=progress)
+    try:
+        await rebuilder.start()
+        try:
+            await rebuilder.build(pool)
+            await rebuilder.flush(pool)
+        finally:
+            await rebuilder.stop()
+    finally:
+        await pool.close()
