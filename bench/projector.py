@@ -396,11 +396,26 @@ async def freshness(rate: float, seconds: float, seed: int) -> dict[str, Any]:
     with dev_stack(port=18181) as dev:
         headers = {"Authorization": f"Bearer {dev['admin_key']}"}
         connector = aiohttp.TCPConnector(limit=256)
+        timeout = aiohttp.ClientTimeout(total=30)
         async with aiohttp.ClientSession(
-            dev["api_url"], headers=headers, connector=connector
+            dev["api_url"], headers=headers, connector=connector, timeout=timeout
         ) as http:
             await http.post("/v1/vendors", json={"id": "fresh", "name": "Fresh"})
+            await _warm_up(http)
             return await _drive(http, rng, rate, seconds)
+
+
+async def _warm_up(http: aiohttp.ClientSession) -> None:
+    """Wait until the projector has joined its group and shows a new issue in the list."""
+    body = {"vendor_id": "fresh", "title": "warm-up", "category": "quality", "priority": "P4"}
+    async with http.post("/v1/issues", json=body) as resp:
+        issue = await resp.json()
+    for _ in range(600):
+        async with http.get("/v1/issues", params={"vendor_id": "fresh"}) as resp:
+            if any(item["id"] == issue["id"] for item in (await resp.json())["items"]):
+                return
+        await asyncio.sleep(0.1)
+    raise RuntimeError("the projector never showed the warm-up issue")
 
 
 async def _drive(
@@ -425,11 +440,15 @@ async def _drive(
         else:
             path = f"/v1/issues/{rng.choice(issues)}/comments"
             body = {"body": f"update {n}", "author": "bench"}
-        async with http.post(path, json=body) as resp:
-            if resp.status not in (200, 201):
-                errors += 1
-                return
-            issue = await resp.json()
+        try:
+            async with http.post(path, json=body) as resp:
+                if resp.status not in (200, 201):
+                    errors += 1
+                    return
+                issue = await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            errors += 1
+            return
         now = time.perf_counter()
         accepted.append(now - sent)
         pending.setdefault(issue["id"], []).append(Pending(issue["version"], now))

@@ -1,15 +1,18 @@
 """`tierline replay`: rebuild read models from offset 0 into fresh tables, then swap them in.
 
 1. Under a session lock (one replay at a time), schema `read_replay` gets empty copies of the
-   tables being rebuilt (`LIKE ... INCLUDING ALL`); consumer `projector-replay` starts afresh.
+   tables being rebuilt (`LIKE ... INCLUDING ALL EXCLUDING INDEXES`); consumer
+   `projector-replay` starts afresh.
 2. The log is read from the beginning of every partition, outside any consumer group, through
-   the projector's own fold and writes (`apply_batch`, so offsets and applied versions commit
-   with every batch). Live projectors keep serving and updating the old tables meanwhile.
-3. Once caught up, one transaction takes the swap lock exclusively (live projectors pause between
+   the projector's own fold (`apply_batch`: offsets and applied versions commit with every
+   batch), by worker processes that share the partitions out (rebuild.py). The copies get the
+   live tables' keys and indexes once loaded. Live projectors keep serving and updating the
+   old tables meanwhile.
+3. One transaction then takes the swap lock exclusively (live projectors pause between
    batches, see gate.py), lets the rebuild reach where the live projector stands, moves the old
-   tables out and the new ones into `read` (keeping list order, index names, grants and views),
-   hands the replay's offsets to the live projector and records a rebuild; live projectors
-   then re-position from the stored offsets. Readers see the old tables or the new, never a mix.
+   tables out and the new ones into `read` (keeping list order, grants and views), hands the
+   replay's offsets to the live projector and records a rebuild; live projectors then
+   re-position from the stored offsets. Readers see the old tables or the new, never a mix.
 
 Rebuilding one projection (`--projection NAME`) swaps only its table, so the rebuilt table and the
 live ones must stand at the same offsets: under the swap lock both are advanced to the same
@@ -18,6 +21,7 @@ position in every partition (the larger of the two), exactly.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Sequence
@@ -214,7 +218,7 @@ class Replay:
     async def run(self) -> ReplayResult:
         """Rebuild, and swap in unless told not to."""
         started = time.time()
-        pool = await create_pool(self._settings.database_url, min_size=2, max_size=4)
+        pool = await create_pool(self._settings.database_url, min_size=2, max_size=6)
         try:
             async with connection(pool) as run_lock:
                 if not await run_lock.fetchval(TRY_RUN_LOCK, RUN_LOCK_ID):
@@ -257,18 +261,24 @@ class Replay:
 
     async def _index(self, pool: asyncpg.Pool) -> None:
         """Give the loaded copies the live tables' keys and indexes, under the same names."""
+        tables = [
+            PROJECTION_TABLES[p] for p in {"issues", *self.projections} - INDEXED_DURING_BUILD
+        ]
+        # One connection per table: the builds run side by side on the server's cores.
+        await asyncio.gather(*(self._index_table(pool, table) for table in tables))
+
+    async def _index_table(self, pool: asyncpg.Pool, table: str) -> None:
         async with connection(pool) as conn, conn.transaction():
             await conn.execute("SET LOCAL search_path = pg_catalog")
-            for projection in {"issues", *self.projections} - INDEXED_DURING_BUILD:
-                table = PROJECTION_TABLES[projection]
-                live_table = f"{LIVE_SCHEMA}.{table}"
-                statements = [r[0] for r in await conn.fetch(TABLE_KEYS, live_table, REPLAY_SCHEMA)]
-                for row in await conn.fetch(TABLE_INDEXES, live_table):
-                    on_live = f" ON {live_table} "
-                    assert on_live in row[0], row[0]
-                    statements.append(row[0].replace(on_live, f" ON {REPLAY_SCHEMA}.{table} "))
-                for statement in statements:
-                    await conn.execute(statement)
+            live_table = f"{LIVE_SCHEMA}.{table}"
+            statements = [r[0] for r in await conn.fetch(TABLE_KEYS, live_table, REPLAY_SCHEMA)]
+            for row in await conn.fetch(TABLE_INDEXES, live_table):
+                on_live = f" ON {live_table} "
+                if on_live not in row[0]:
+                    raise RuntimeError(f"unexpected index definition: {row[0]}")
+                statements.append(row[0].replace(on_live, f" ON {REPLAY_SCHEMA}.{table} "))
+            for statement in statements:
+                await conn.execute(statement)
 
     def _count(self, done: int, total: int | None) -> None:
         self._read = done
