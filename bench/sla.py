@@ -78,11 +78,27 @@ GOVERNANCE = Governance(
     ],
 )
 BREACH_TYPE = b"io.tierline.issue.sla_breached.v1"
-PG_SETTINGS = {"max_connections": "300", "shared_buffers": "256MB"}
+PG_SETTINGS = {
+    "max_connections": "300",
+    "shared_buffers": "256MB",
+    "fsync": "off",
+    "shared_preload_libraries": "pg_stat_statements",
+    "synchronous_commit": "off",
+}
+
+
+@dataclass(frozen=True)
+class Infrastructure:
+    """Where the scenarios run, and the server processes whose CPU time they account."""
+
+    admin_dsn: str
+    bootstrap: str
+    postgres_pid: int
+    tansu_pid: int
 
 
 @contextmanager
-def infrastructure() -> Iterator[tuple[str, str]]:
+def infrastructure() -> Iterator[Infrastructure]:
     """PostgreSQL and Tansu, as `tierline dev` runs them, in a throwaway directory."""
     with tempfile.TemporaryDirectory(prefix="tierline-bench-sla-") as tmp:
         postgres = PostgresServer(Path(tmp) / "pg", forward_logs=False, settings=PG_SETTINGS)
@@ -91,11 +107,40 @@ def infrastructure() -> Iterator[tuple[str, str]]:
         try:
             broker.start()
             try:
-                yield postgres.dsn, broker.bootstrap
+                assert postgres.pid is not None and broker.pid is not None
+                yield Infrastructure(postgres.dsn, broker.bootstrap, postgres.pid, broker.pid)
             finally:
                 broker.stop()
         finally:
             postgres.stop()
+
+
+def _stat(pid: int) -> list[str]:
+    """Fields of /proc/PID/stat after the command name ([] once the process is gone)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return []
+
+
+def cpu_seconds(groups: dict[str, list[int]], parents: dict[str, int]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each group of processes.
+
+    `parents` adds every child of a process to its group (PostgreSQL's backends).
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    members = {name: list(pids) for name, pids in groups.items()}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat(int(entry.name))
+            for name, parent in parents.items():
+                if fields and int(fields[1]) == parent:
+                    members[name].append(int(entry.name))
+    used = {}
+    for name, pids in members.items():
+        stats = [f for f in (_stat(pid) for pid in pids) if f]
+        used[name] = sum(int(f[11]) + int(f[12]) for f in stats) / tick
+    return used
 
 
 async def new_database(admin_dsn: str) -> str:
@@ -217,7 +262,9 @@ class KafkaBreaches:
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             enable_auto_commit=False,
-            fetch_max_wait_ms=20,
+            # Fewer, fuller fetches: the reader must not load the broker it measures.
+            fetch_min_bytes=64 * 1024,
+            fetch_max_wait_ms=50,
             max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         await consumer.start()
@@ -241,12 +288,39 @@ class KafkaBreaches:
             await consumer.stop()
 
 
+TOP_STATEMENTS = """
+SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 70), calls, total_exec_time
+FROM pg_stat_statements
+WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY total_exec_time DESC LIMIT 10
+"""
+
+
+async def top_statements(pool: asyncpg.Pool, breaches: int) -> list[dict[str, Any]]:
+    """Where PostgreSQL spent its time since the first due time, per breach recorded."""
+    rows = await pool.fetch(TOP_STATEMENTS)
+    return [
+        {
+            "query": query,
+            "calls_per_breach": round(calls / breaches, 2),
+            "ms_per_breach": round(total / breaches, 3),
+        }
+        for query, calls, total in rows
+    ]
+
+
 async def tierline_scenario(
-    admin_dsn: str, bootstrap: str, clocks: int, window: float, workers: int, lead: float | None
+    infra: Infrastructure, clocks: int, window: float, workers: int, lead: float | None
 ) -> dict[str, Any]:
-    """Breach `clocks` respond clocks due within `window` s; lateness and drain time."""
-    url = await new_database(admin_dsn)
+    """Breach `clocks` respond clocks due within `window` s; lateness, drain time, CPU."""
+    bootstrap = infra.bootstrap
+    url = await new_database(infra.admin_dsn)
     await migrate_url(url)
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    finally:
+        await conn.close()
     topic = f"bench.sla.{uuid.uuid4().hex[:8]}"
     await ensure_topic(bootstrap, topic, PARTITIONS)
     pool = await create_pool(url, min_size=4, max_size=40)
@@ -270,6 +344,17 @@ async def tierline_scenario(
             console.print(f"[yellow]set-up overran the first due time; raise --lead ({lead:.0f}s)")
         reader = KafkaBreaches(bootstrap, topic, expected=clocks)
         reading = asyncio.create_task(reader.run())
+        groups = {
+            "bench": [os.getpid()],
+            "relay": [p.pid for p in procs[:1] if p.pid],
+            "sla": [p.pid for p in procs[1:] if p.pid],
+            "tansu": [infra.tansu_pid],
+            "postgres": [infra.postgres_pid],
+        }
+        parents = {"postgres": infra.postgres_pid}
+        await asyncio.sleep(max(0.0, (first_due - datetime.now(UTC)).total_seconds()))
+        cpu_before = cpu_seconds(groups, parents)
+        await pool.execute("SELECT pg_stat_statements_reset()")
         budget = (dues[-1] - datetime.now(UTC)).total_seconds() + max(120.0, clocks / 200)
         with Progress(console=console, transient=True) as progress:
             task = progress.add_task("breaches on Kafka", total=clocks)
@@ -280,6 +365,8 @@ async def tierline_scenario(
                 await asyncio.sleep(0.2)
                 budget -= 0.2
         reading.cancel()
+        cpu_after = cpu_seconds(groups, parents)
+        statements = await top_statements(pool, max(1, len(reader.seen)))
         crashed = [p.name for p in procs if not p.alive()]
     finally:
         for proc in procs:
@@ -287,7 +374,16 @@ async def tierline_scenario(
         await pool.close()
     result = summarise_tierline(reader.seen, clocks, window, workers, setup, in_time, crashed)
     # Other work on the machine skews every figure; the load average says how much there was.
-    return {**result, "lead_s": round(lead, 1), "load_average_1m": os.getloadavg()[0]}
+    cpu = {name: round(cpu_after[name] - cpu_before[name], 1) for name in cpu_after}
+    per_breach = 1000 * sum(cpu.values()) / max(1, len(reader.seen))
+    return {
+        **result,
+        "lead_s": round(lead, 1),
+        "cpu_s_from_first_due": cpu,
+        "cpu_ms_per_breach": round(per_breach, 2),
+        "postgres_statements_per_breach": statements,
+        "load_average_1m": os.getloadavg()[0],
+    }
 
 
 def summarise_tierline(
@@ -376,12 +472,12 @@ async def enqueue_jobs(dsn: str, dues: list[datetime], chunk: int = 5000) -> Non
 
 
 async def pgqueuer_scenario(
-    admin_dsn: str, clocks: int, window: float, workers: int, batch_size: int
+    infra: Infrastructure, clocks: int, window: float, workers: int, batch_size: int
 ) -> dict[str, Any]:
     """The same deferred work with pgqueuer on the same PostgreSQL."""
     from pgqueuer.queries import Queries
 
-    url = await new_database(admin_dsn)
+    url = await new_database(infra.admin_dsn)
     conn = await asyncpg.connect(url)
     try:
         await Queries.from_asyncpg_connection(conn).install()
@@ -450,7 +546,7 @@ def render(rows: list[tuple[str, dict[str, Any]]]) -> None:
 
 
 async def run_scenarios(
-    args: argparse.Namespace, admin_dsn: str, bootstrap: str
+    args: argparse.Namespace, infra: Infrastructure
 ) -> list[tuple[str, dict[str, Any]]]:
     """Every scenario asked for, Tierline then its peer."""
     scenarios = [
@@ -462,14 +558,12 @@ async def run_scenarios(
         if name not in args.only:
             continue
         console.print(f"[bold]{name}[/]: {clocks} clocks due within {window}s (tierline)")
-        result = await tierline_scenario(
-            admin_dsn, bootstrap, clocks, window, args.workers, args.lead
-        )
+        result = await tierline_scenario(infra, clocks, window, args.workers, args.lead)
         console.print(result)
         rows.append((name, result))
         if not args.skip_peer:
             console.print(f"[bold]{name}[/]: the same with pgqueuer")
-            peer = await pgqueuer_scenario(admin_dsn, clocks, window, args.workers, args.batch)
+            peer = await pgqueuer_scenario(infra, clocks, window, args.workers, args.batch)
             console.print(peer)
             rows.append((name, peer))
     return rows
@@ -477,8 +571,8 @@ async def run_scenarios(
 
 def main(args: argparse.Namespace) -> None:
     """Start the infrastructure (its start-up runs its own event loops), then the scenarios."""
-    with infrastructure() as (admin_dsn, bootstrap):
-        rows = asyncio.run(run_scenarios(args, admin_dsn, bootstrap))
+    with infrastructure() as infra:
+        rows = asyncio.run(run_scenarios(args, infra))
     render(rows)
     result = {"args": vars(args), "runs": [{"scenario": n, **r} for n, r in rows]}
     result["percentile_method"] = "nearest rank"

@@ -164,12 +164,15 @@ async def test_replays_rebuild_exactly_what_the_projector_built(
         await append_commands(pool, seeded().commands(400))
         await caught_up(pool)
         positions = dict(await pool.fetch("SELECT issue_id, list_seq FROM read.issues"))
+        logged = await pool.fetchval("SELECT count(*) FROM events")
 
         # A full replay while the projector runs and new commands keep arriving.
         more = asyncio.create_task(append_commands(pool, seeded(1).commands(150)))
         assert await replay_command(settings, None) == 0
         await more
         await caught_up(pool)
+        read = await pool.fetchval("SELECT events FROM read.rebuilds")
+        assert read >= logged, "the replay stopped before the end of the log"
         after = dict(await pool.fetch("SELECT issue_id, list_seq FROM read.issues"))
         assert {i: after[i] for i in positions} == positions, "list order changed by the swap"
         assert [r[0] for r in await pool.fetch(READ_INDEXES)] == indexes

@@ -134,7 +134,9 @@ class Projector:
     async def flush(self, conn: asyncpg.Connection) -> None:
         """Write a replay's pending rows: COPY into the empty tables, upserts once they are not.
 
-        Vendor days are always added with upserts, as rebuild workers share them.
+        Issue rows are written even when issues are not being rebuilt: they are the state the
+        process finishing a rebuild after its workers reads back. Vendor days are always added
+        with upserts, as rebuild workers share them.
         """
         pending = self._pending
         if pending is None:
@@ -142,8 +144,7 @@ class Projector:
         selected, tables = self.projections, self.tables
         async with conn.transaction():
             if not pending.flushed_once:
-                if "issues" in selected:
-                    await copy_issues(conn, tables, list(pending.issues.values()))
+                await copy_issues(conn, tables, list(pending.issues.values()))
                 if "sla_clocks" in selected:
                     await copy_clocks(conn, tables, pending.clocks.values())
                 await self._write(conn, BatchChanges(daily=pending.daily), only=("vendor_daily",))
@@ -153,7 +154,8 @@ class Projector:
                     issues=pending.issues, new_issues=fresh, clocks=pending.clocks,
                     daily=pending.daily,
                 )  # fmt: skip
-                await self._write(conn, changes, only=("issues", "sla_clocks", "vendor_daily"))
+                await write_issues(conn, tables, changes, ordered=False)
+                await self._write(conn, changes, only=("sla_clocks", "vendor_daily"))
         self._pending = PendingRows(flushed_once=True)
 
     def forget(self) -> None:

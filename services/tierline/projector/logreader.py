@@ -81,9 +81,13 @@ class LogReader:
         return result
 
     def at_end(self) -> bool:
-        """Whether every partition is read up to its reported log end (or its limit)."""
-        if self._limits is not None:
-            return all(self.positions[p] >= self._limits.get(p, 0) for p in self.positions)
+        """Whether every partition is read up to its limit (see `limit_to`)."""
+        if self._limits is None:
+            return False
+        return all(self.positions[p] >= self._limits.get(p, 0) for p in self.positions)
+
+    def at_high_water(self) -> bool:
+        """Whether every partition is read up to the log end its last fetch reported."""
         return all(0 <= end <= self.positions[p] for p, end in self.highwater().items())
 
     async def read(self, timeout_ms: int) -> list[Record]:

@@ -35,6 +35,7 @@ REPLAY_CONSUMER = "projector-replay"
 POLL_MS = 300
 MIN_REPLAY_BATCH = 5000
 WATCH_SECONDS = 0.2
+IDLE_POLLS_AT_END = 20
 
 LOAD_OFFSETS = """
 SELECT partition, next_offset FROM public.consumer_offsets
@@ -130,19 +131,25 @@ class Rebuilder:
     async def build(self, pool: asyncpg.Pool) -> None:
         """Read to the log end, and at least as far as the live projector has come.
 
-        The next batch is fetched and decoded while the current one is written: the fetch
-        runs in the time the event loop would otherwise wait for PostgreSQL.
+        The end is the high-water mark each fetch reports, not an empty poll: a busy broker can
+        let a poll time out with records still to come. The next batch is fetched and decoded
+        while the current one is written, in the time the loop would wait for PostgreSQL.
         """
         reader = self.reader
         ahead: asyncio.Future[list[Record]] | None = None
+        empty_polls = 0
         try:
             while True:
                 records = await (ahead if ahead is not None else reader.read(POLL_MS))
-                ahead = None
-                if records and not reader.at_end():
-                    ahead = asyncio.ensure_future(reader.read(POLL_MS))
+                more = bool(records) and not reader.at_high_water()
+                ahead = asyncio.ensure_future(reader.read(POLL_MS)) if more else None
                 await self.apply(pool, records)
-                if ahead is None and await self._past_live(pool):
+                empty_polls = 0 if records else empty_polls + 1
+                if ahead is not None:
+                    continue
+                # A broker that never reports a high-water mark ends the read after idle polls.
+                ended = reader.at_high_water() or empty_polls >= IDLE_POLLS_AT_END
+                if ended and await self._past_live(pool):
                     return
         finally:
             if ahead is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -33,6 +33,10 @@ from tierline.store.pool import Conn
 log = structlog.get_logger(__name__)
 
 NOTIFY_CHANNEL = "tierline_sla"
+# Scanners sleep at most this long, so only clocks due sooner need to wake them.
+NOTIFY_HORIZON = 1.0
+# Issues whose vendor the consumer remembers (an issue never changes vendor).
+VENDOR_CACHE_SIZE = 100_000
 POLICY_CHANGED_TYPE = PolicyChanged.event_type()
 WARNING_TYPE = SlaWarning.event_type()
 BREACH_TYPE = SlaBreached.event_type()
@@ -168,7 +172,7 @@ def clock_rows(state: IssueClocks, calendar: BusinessCalendar) -> list[ClockRow]
 async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: CalendarFor) -> int:
     """Replace the rows of issues whose state is newer than the stored one; returns how many.
 
-    Call inside a transaction. Wakes the scanners when a fire time was written.
+    Call inside a transaction. Wakes the scanners when a clock falls due within NOTIFY_HORIZON.
     """
     newest: dict[str, IssueClocks] = {}
     for state in states:
@@ -198,7 +202,8 @@ async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: 
     )
     if rows:
         await conn.execute(UPSERT_CLOCKS, *_columns(rows))
-    if any(r.fire_at is not None for r in rows):
+    horizon = datetime.now(UTC) + timedelta(seconds=NOTIFY_HORIZON)
+    if any(r.fire_at is not None and r.fire_at <= horizon for r in rows):
         await conn.execute(NOTIFY, NOTIFY_CHANNEL)
     return len(accepted)
 
@@ -223,6 +228,7 @@ class ClockTable:
 
     def __init__(self, reference: ReferenceData) -> None:
         self._reference = reference
+        self._vendors: dict[str, str] = {}
 
     async def calendar_for(self, vendor_id: str, conn: Conn) -> BusinessCalendar:
         """The vendor's business calendar, as the write path uses it (24x7 if unknown)."""
@@ -272,8 +278,13 @@ class ClockTable:
         self, conn: Conn, latest: dict[str, tuple[int, list[dict[str, Any]], str | None]]
     ) -> list[IssueClocks]:
         """The newest clocks per issue, with each issue's vendor."""
-        rows = await conn.fetch(STREAM_VENDORS, list(latest))
-        vendors: dict[str, str] = {r["stream_id"]: r["vendor_id"] for r in rows}
+        vendors = self._vendors
+        unknown = [issue_id for issue_id in latest if issue_id not in vendors]
+        if unknown:
+            if len(vendors) + len(unknown) > VENDOR_CACHE_SIZE:
+                vendors.clear()
+            for row in await conn.fetch(STREAM_VENDORS, unknown):
+                vendors[row["stream_id"]] = row["vendor_id"]
         states = []
         for issue_id, (version, raw, opened_vendor) in latest.items():
             vendor_id = vendors.get(issue_id) or opened_vendor
