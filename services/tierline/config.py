@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
     consumer_batch_size: int = 2000
+    # Worker processes for `tierline replay` (None: up to 2, one per core).
+    replay_workers: int | None = None
     webhooks_allow_private_targets: bool = False
     # NoDecode: the env value is the comma-separated form, not JSON (see _split_schedule).
     webhooks_retry_schedule: Annotated[list[float], NoDecode] = Field(

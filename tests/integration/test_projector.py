@@ -52,7 +52,17 @@ SELECT a.attname FROM pg_index AS i
 JOIN pg_attribute AS a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
 WHERE i.indrelid = to_regclass($1) AND i.indisprimary ORDER BY a.attnum
 """
-READ_INDEXES = "SELECT indexname FROM pg_indexes WHERE schemaname = 'read' ORDER BY indexname"
+# What a replay must leave as the migration made it: indexes, constraints, column defaults.
+READ_SHAPE = """
+SELECT 'index', indexname, indexdef FROM pg_indexes WHERE schemaname = 'read'
+UNION ALL
+SELECT 'constraint', conname, pg_get_constraintdef(oid) FROM pg_constraint
+WHERE connamespace = 'read'::regnamespace
+UNION ALL
+SELECT 'column', table_name || '.' || column_name, coalesce(column_default, '') || data_type
+FROM information_schema.columns WHERE table_schema = 'read'
+ORDER BY 1, 2, 3
+"""
 
 
 def seeded(offset: int = 0) -> Workload:
@@ -160,7 +170,7 @@ async def test_replays_rebuild_exactly_what_the_projector_built(
 ) -> None:
     settings = settings_for(database_url, tansu, topic)
     async with relaying(settings, ("relay", "projector")) as pool:
-        indexes = [r[0] for r in await pool.fetch(READ_INDEXES)]
+        shape = [tuple(r) for r in await pool.fetch(READ_SHAPE)]
         await append_commands(pool, seeded().commands(400))
         await caught_up(pool)
         positions = dict(await pool.fetch("SELECT issue_id, list_seq FROM read.issues"))
@@ -175,7 +185,7 @@ async def test_replays_rebuild_exactly_what_the_projector_built(
         assert read >= logged, "the replay stopped before the end of the log"
         after = dict(await pool.fetch("SELECT issue_id, list_seq FROM read.issues"))
         assert {i: after[i] for i in positions} == positions, "list order changed by the swap"
-        assert [r[0] for r in await pool.fetch(READ_INDEXES)] == indexes
+        assert [tuple(r) for r in await pool.fetch(READ_SHAPE)] == shape
         assert await pool.fetchval("SELECT count(*) FROM read.vendor_scorecard_daily") > 0
         await pool.fetchval("SELECT count(*) FROM read.sla_at_risk")
         await assert_same_as_a_clean_rebuild(settings, pool)
@@ -190,6 +200,7 @@ async def test_replays_rebuild_exactly_what_the_projector_built(
         await more
         await caught_up(pool)
         assert await pool.fetchval("SELECT count(*) FROM read.issue_timeline") > timeline
+        assert [tuple(r) for r in await pool.fetch(READ_SHAPE)] == shape
         rebuilds = await pool.fetch("SELECT projections FROM read.rebuilds ORDER BY id")
         assert [r[0] for r in rebuilds] == [list(PROJECTION_TABLES), ["escalations"]]
         await assert_same_as_a_clean_rebuild(settings, pool)

@@ -23,6 +23,7 @@ from tierline.projector.fold import (
     fold,
     summarize_clocks,
 )
+from tierline.projector.tables import CLOCK_COLUMNS
 from tierline.projector.workload import Workload
 
 PROPERTY = settings(max_examples=40, deadline=None, database=None)
@@ -213,3 +214,8 @@ def test_the_workload_exercises_every_kind_of_event() -> None:
     assert any(e[6] for e in changes.escalations), "no automatic escalation"
     outcomes = {clock_row(c).outcome for c in changes.clocks.values()}
     assert outcomes >= {"met", "breached", "stopped", None}
+
+
+def test_clock_rows_are_in_table_column_order() -> None:
+    # COPY sends clock_record tuples positionally into CLOCK_COLUMNS.
+    assert tuple(ClockRow.__dataclass_fields__) == tuple(name for name, _ in CLOCK_COLUMNS)

@@ -63,7 +63,8 @@ async def sla_stack(
     async with running_stack(settings, roles=roles) as stack, stack.client() as http:
         await call(http, "POST", "/v1/vendors", {"id": "acme", "name": "Acme", "timezone": "UTC"})
         await call(http, "PUT", "/v1/governance", GOVERNANCE)
-        await consumed_governance(database_url)
+        if "sla" in roles:
+            await consumed_governance(database_url)
         yield stack, http
 
 
@@ -244,7 +245,7 @@ async def until_rows(database_url: str, count: int, timeout: float = 30.0) -> No
         await conn.close()
 
 
-def sla_worker(stack: Stack) -> ManagedProcess:
+def sla_worker(stack: Stack, name: str) -> ManagedProcess:
     """`tierline sla` as a separate process on the stack's database and topic."""
     s = stack.settings
     env = {
@@ -258,37 +259,42 @@ def sla_worker(stack: Stack) -> ManagedProcess:
         "TIERLINE_METRICS_PORT": "0",
     }
     argv = [sys.executable, "-m", "tierline.cli", "sla"]
-    return ManagedProcess("sla-worker", argv, env=env, forward=False, stop_signal=signal.SIGKILL)
+    return ManagedProcess(name, argv, env=env, forward=False, stop_signal=signal.SIGKILL)
 
 
 async def test_two_workers_and_a_killed_one_record_each_breach_once(
     database_url: str, tansu: str, topic: str
 ) -> None:
-    async with sla_stack(database_url, tansu, topic) as (stack, http):
-        worker = sla_worker(stack)
-        worker.start()
+    async with sla_stack(database_url, tansu, topic, roles=["api", "relay"]) as (stack, http):
+        doomed, survivor = sla_worker(stack, "doomed"), sla_worker(stack, "survivor")
         try:
-            # Both consumers in the group and assigned, so the clock rows appear in time.
-            await until(lambda: "consumer_assigned" in worker.tail() or not worker.alive())
-            assert "consumer_assigned" in worker.tail(), worker.tail()
+            # Started together, they join the consumer group in one rebalance.
+            doomed.start()
+            survivor.start()
+            both = (doomed, survivor)
+            await until(lambda: all("consumer_assigned" in w.tail() or not w.alive() for w in both))
+            assert all("consumer_assigned" in w.tail() for w in both), doomed.tail()
+            await consumed_governance(database_url)
             issues = []
             for _ in range(30):  # due times spread over a second, so both workers get some
                 issues.append(await open_issue(http, "P2"))
                 await asyncio.sleep(0.03)
             await until_rows(database_url, 60)
-            # Respond clocks fall due 3 s after opening; kill the worker half-way through,
+            # Respond clocks fall due 3 s after opening; kill one worker half-way through,
             # with whatever it claimed then still leased to it.
             dues = sorted(at(issue["sla"][0]["due_at"]) for issue in issues)
             kill_at = dues[len(dues) // 2]
             await asyncio.sleep(max(0.0, (kill_at - datetime.now(UTC)).total_seconds()))
+            doomed.stop()
+
+            async def breaches(issue_id: str) -> Counter[str]:
+                events = await wait_for(
+                    http, issue_id, lambda ev: names(ev).count("sla_breached") >= 2, timeout=40
+                )
+                return Counter(d["clock_id"] for n, d, _ in events if n == "sla_breached")
+
+            results = await asyncio.gather(*(breaches(issue["id"]) for issue in issues))
         finally:
-            worker.stop()
-
-        async def breaches(issue_id: str) -> Counter[str]:
-            events = await wait_for(
-                http, issue_id, lambda ev: names(ev).count("sla_breached") >= 2, timeout=40
-            )
-            return Counter(d["clock_id"] for n, d, _ in events if n == "sla_breached")
-
-        results = await asyncio.gather(*(breaches(issue["id"]) for issue in issues))
+            doomed.stop()
+            survivor.stop()
         assert all(result == Counter({"respond-1": 1, "resolve-1": 1}) for result in results)
