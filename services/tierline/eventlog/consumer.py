@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge, Histogram
 
+from tierline.config import ISSUE_EVENTS_TOPIC
 from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
 from tierline.eventlog.kafka import cluster_identity
 
@@ -180,7 +181,12 @@ class LogConsumer:
         self._topic = topic
         self._handler = handler
         self._batch_size = batch_size
-        self._group_id = group_id or f"tierline.{name}"
+        # Another topic (tests, staging) gets its own group, so members of an old topic's
+        # group never hold up a join.
+        default_group = (
+            f"tierline.{name}" if topic == ISSUE_EVENTS_TOPIC else f"tierline.{name}.{topic}"
+        )
+        self._group_id = group_id or default_group
         self._poll_timeout_ms = poll_timeout_ms
         self._identity = ""
         self._consumer: AIOKafkaConsumer | None = None
