@@ -1,4 +1,4 @@
-"""`tierline dev` as a user runs it: starts, answers, stops on Ctrl-C without orphans, keeps data."""
+"""`tierline dev` as a user runs it: starts, answers, stops on Ctrl-C cleanly, keeps its data."""
 
 from __future__ import annotations
 

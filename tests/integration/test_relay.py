@@ -1,4 +1,4 @@
-"""The relay: every committed event reaches the log, in order per issue, across kills and lost logs."""
+"""The relay: every committed event reaches the log, in order per issue, across kills, lost logs."""
 
 from __future__ import annotations
 

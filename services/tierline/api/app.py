@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from tierline.api import admin, issues
+from tierline.api.key_cache import ApiKeyCache
 from tierline.api.keys import (
     ISSUES,
     KAFKA_BOOTSTRAP,
@@ -31,7 +32,6 @@ from tierline.config import Settings
 from tierline.eventlog.kafka import kafka_ready
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
-from tierline.api.key_cache import ApiKeyCache
 from tierline.store.pool import create_pool
 
 log = structlog.get_logger(__name__)

@@ -11,7 +11,6 @@ from typing import Any
 import asyncpg
 import structlog
 
-from tierline.store.pool import Conn
 from tierline.domain import commands as c
 from tierline.domain.events import Event
 from tierline.domain.issue import Issue, decide, evolve
@@ -19,6 +18,7 @@ from tierline.service_layer.reference import ReferenceData
 from tierline.store import idempotency
 from tierline.store.api_keys import Role
 from tierline.store.event_store import NewEvent, append_events, lock_head, read_head
+from tierline.store.pool import Conn
 
 log = structlog.get_logger(__name__)
 

@@ -6,8 +6,6 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
-
 from tierline.store.pool import Conn
 
 CLAIM = """

@@ -7,10 +7,10 @@ from datetime import datetime
 
 import asyncpg
 
-from tierline.store.pool import Conn
 from tierline.domain.events import PolicyChanged
 from tierline.domain.governance import DEFAULT_GOVERNANCE, Governance, Vendor
 from tierline.store.event_store import NewEvent, append_events, lock_head
+from tierline.store.pool import Conn
 
 GOVERNANCE_STREAM = "governance"
 
