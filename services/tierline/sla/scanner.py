@@ -52,35 +52,33 @@ CLAIMED = Histogram(
 )
 RECOMPUTED = Counter("tierline_sla_recomputes_total", "RecomputeSla commands sent")
 
-# The lease doubles with each claim that did not move the clock on, up to $4 seconds.
+# The lease doubles with each claim that did not move the clock on, up to $4 seconds. The
+# claimed rows are found again by ctid (stable while they are locked), which is a TID scan:
+# joined by key instead, the planner hashes the whole table on every claim.
 CLAIM_DUE = """
-WITH due AS (
-    SELECT issue_id, clock_id FROM sla_clocks
+UPDATE sla_clocks AS c
+SET next_fire_at = $1 + make_interval(secs => least($3::float8 * power(2, c.attempts), $4)),
+    attempts = c.attempts + 1
+WHERE c.ctid = ANY(ARRAY(
+    SELECT ctid FROM sla_clocks
     WHERE next_fire_at <= $1
     ORDER BY next_fire_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
-UPDATE sla_clocks AS c
-SET next_fire_at = $1 + make_interval(secs => least($3::float8 * power(2, c.attempts), $4)),
-    attempts = c.attempts + 1
-FROM due
-WHERE c.issue_id = due.issue_id AND c.clock_id = due.clock_id
+))
 RETURNING c.issue_id, c.clock_id, c.fire_at, c.threshold, c.due_at, c.attempts
 """
 CLAIM_RECOMPUTE = """
-WITH due AS (
-    SELECT issue_id FROM sla_recompute
+UPDATE sla_recompute AS r
+SET next_attempt_at = $1 + make_interval(secs => least($3::float8 * power(2, r.attempts), $4)),
+    attempts = r.attempts + 1
+WHERE r.ctid = ANY(ARRAY(
+    SELECT ctid FROM sla_recompute
     WHERE next_attempt_at <= $1
     ORDER BY next_attempt_at
     LIMIT $2
     FOR UPDATE SKIP LOCKED
-)
-UPDATE sla_recompute AS r
-SET next_attempt_at = $1 + make_interval(secs => least($3::float8 * power(2, r.attempts), $4)),
-    attempts = r.attempts + 1
-FROM due
-WHERE r.issue_id = due.issue_id
+))
 RETURNING r.issue_id, r.policy_version
 """
 # Only the version recomputed: a newer policy change queued meanwhile stays queued.
