@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
 
 from tierline.config import Settings
 from tierline.logs import configure_logging
@@ -30,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     dev = sub.add_parser("dev", help="run the embedded stack (PostgreSQL, broker, every role)")
     dev.add_argument("--demo", action="store_true", help="seed demo vendors and issues")
-    dev.add_argument("--port", type=int, default=8080, help="API port (default 8080)")
+    dev.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="API port (default: TIERLINE_API_PORT or 8080; 0 picks a free port)",
+    )
     dev.add_argument("--data-dir", type=Path, default=None, help="data directory (.tierline)")
     for name, text in ROLE_HELP.items():
         sub.add_parser(name, help=text)
@@ -74,6 +84,28 @@ async def _migrate(settings: Settings) -> int:
     return 0
 
 
+def _database_url_for_tools(settings: Settings) -> str:
+    """TIERLINE_DATABASE_URL if set, else the running `tierline dev` stack's (DATA_DIR/dev.json)."""
+    if "TIERLINE_DATABASE_URL" in os.environ:
+        return settings.database_url
+    dev_file = settings.data_dir / "dev.json"
+    try:
+        url = json.loads(dev_file.read_text())["database_url"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return settings.database_url
+    print(f"using the tierline dev database from {dev_file}", file=sys.stderr)
+    return str(url)
+
+
+def _without_password(url: str) -> str:
+    """A database URL fit for an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 async def _create_key(settings: Settings, args: argparse.Namespace) -> int:
     from tierline.store.api_keys import create_api_key
     from tierline.store.migrate import migrate_url
@@ -85,8 +117,17 @@ async def _create_key(settings: Settings, args: argparse.Namespace) -> int:
             "error: --vendor is required for role vendor and not allowed otherwise", file=sys.stderr
         )
         return 2
-    await migrate_url(settings.database_url)
-    pool = await create_pool(settings.database_url, min_size=1, max_size=1)
+    database_url = _database_url_for_tools(settings)
+    try:
+        await migrate_url(database_url)
+    except (OSError, asyncpg.PostgresError) as exc:
+        print(
+            f"error: cannot reach PostgreSQL at {_without_password(database_url)} ({exc}); "
+            "start `tierline dev` or set TIERLINE_DATABASE_URL",
+            file=sys.stderr,
+        )
+        return 1
+    pool = await create_pool(database_url, min_size=1, max_size=1)
     try:
         if args.vendor is not None and await get_vendor(pool, args.vendor) is None:
             print(f"error: unknown vendor {args.vendor!r}", file=sys.stderr)
@@ -117,7 +158,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
 
         if args.data_dir is not None:
             settings = settings.model_copy(update={"data_dir": args.data_dir})
-        settings = settings.model_copy(update={"api_port": args.port})
+        if args.port is not None:
+            settings = settings.model_copy(update={"api_port": args.port})
         return await run_dev(settings, demo=args.demo)
     if args.command in ROLE_HELP:
         return await _run_role(settings, args.command)

@@ -210,14 +210,22 @@ async def list_api_keys(request: web.Request) -> web.Response:
     tag="api-keys",
     status=204,
     roles=("admin",),
-    errors=(401, 403, 404),
+    errors=(401, 403, 404, 409),
 )
 async def revoke_api_key(request: web.Request) -> web.Response:
     try:
         key_id = uuid.UUID(request.match_info["key_id"])
     except ValueError:
         raise Problem(404, "not-found", "no such API key") from None
-    if not await key_store.revoke_api_key(request.app[POOL], key_id):
+    try:
+        revoked = await key_store.revoke_api_key(request.app[POOL], key_id)
+    except key_store.LastAdminKey:
+        raise Problem(
+            409,
+            "last-admin-key",
+            "this is the last active admin key; create another admin key before revoking it",
+        ) from None
+    if not revoked:
         raise Problem(404, "not-found", "no such API key")
     # Other processes hear of it by NOTIFY; this one must not serve it even for a moment.
     request.app[KEY_CACHE].invalidate()

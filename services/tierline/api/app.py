@@ -37,6 +37,8 @@ from tierline.store.pool import create_pool
 log = structlog.get_logger(__name__)
 
 ops = RouteTable()
+# Long enough for a fast restart or failover, short enough that clients do not give up.
+RETRY_AFTER_SECONDS = 5
 REQUESTS = Counter("tierline_http_requests_total", "HTTP requests", ["method", "route", "status"])
 LATENCY = Histogram(
     "tierline_http_request_seconds",
@@ -150,9 +152,31 @@ async def _with_problems(request: web.Request, handler: Handler) -> web.StreamRe
         return problem_response(405, "method-not-allowed", None, request.path)
     except web.HTTPException as exc:
         return problem_response(exc.status, "http-error", exc.reason, request.path)
-    except Exception:
+    except Exception as exc:
+        if _dependency_down(exc):
+            log.warning("dependency_unavailable", path=request.path, error=type(exc).__name__)
+            response = problem_response(
+                503, "unavailable", "the database is not reachable; retry shortly", request.path
+            )
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
         log.exception("request_failed", method=request.method, path=request.path)
         return problem_response(500, "internal-error", "an internal error occurred", request.path)
+
+
+def _dependency_down(exc: BaseException) -> bool:
+    """Whether an error means PostgreSQL is down or unreachable (not a bug in the request)."""
+    if isinstance(
+        exc,
+        OSError
+        | TimeoutError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.exceptions.OperatorInterventionError
+        | asyncpg.exceptions.TooManyConnectionsError,
+    ):
+        return True
+    # The pool hands out a connection whose server went away between two requests.
+    return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 
 
 @web.middleware

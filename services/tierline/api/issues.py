@@ -18,6 +18,7 @@ from tierline.domain import commands as c
 from tierline.domain.issue import InvalidTransition, Issue
 from tierline.eventlog.cloudevents import stored_to_structured
 from tierline.service_layer.issues import (
+    ExternalRefConflict,
     IdempotencyRequest,
     IssueNotFound,
     PreconditionFailed,
@@ -73,7 +74,10 @@ def _answer(response: Response) -> web.Response:
 @routes.route(
     "POST",
     "/v1/issues",
-    summary="Open an issue against a vendor (a known external_ref returns the existing issue)",
+    summary=(
+        "Open an issue against a vendor (a known external_ref of the same vendor returns the"
+        " existing issue with 200; one of another vendor is a 409 external-ref-conflict)"
+    ),
     tag="issues",
     request=c.OpenIssue,
     response=IssueOut,
@@ -102,6 +106,14 @@ async def open_issue(request: web.Request) -> web.Response:
     except IdempotencyKeyReused:
         raise Problem(
             422, "idempotency-key-reused", "the key was used for another request"
+        ) from None
+    except ExternalRefConflict:
+        # The same answer for every caller and every other owner: nothing of it is revealed.
+        raise Problem(
+            409,
+            "external-ref-conflict",
+            "this external_ref is already registered for another vendor",
+            errors=[{"pointer": "#/external_ref", "field": "external_ref", "detail": "in use"}],
         ) from None
     return _answer(response)
 

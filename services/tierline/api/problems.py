@@ -24,6 +24,8 @@ TITLES = {
     "validation-failed": "Validation failed",
     "idempotency-key-reused": "Idempotency key reused with a different request",
     "unknown-vendor": "Unknown vendor",
+    "external-ref-conflict": "External reference belongs to another vendor",
+    "last-admin-key": "The last active admin key cannot be revoked",
     "internal-error": "Internal server error",
     "unavailable": "Service unavailable",
 }

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import secrets
 import signal
 import sys
 import time
@@ -17,9 +16,11 @@ import structlog
 
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
+from tierline.devstack.process import free_port
 from tierline.devstack.tansu import TansuBroker
 from tierline.eventlog.kafka import ensure_topic
-from tierline.store.api_keys import create_api_key, find_api_key
+from tierline.logs import configure_logging
+from tierline.store.api_keys import create_api_key, find_api_key, key_was_revoked, new_key
 from tierline.store.migrate import migrate_url
 from tierline.store.pool import create_pool
 
@@ -40,36 +41,52 @@ async def _ensure_database(admin_dsn: str) -> str:
     return admin_dsn.rsplit("/", 1)[0] + f"/{DATABASE}"
 
 
-async def _admin_key(settings: Settings, data_dir: Path) -> str:
-    """The bootstrap admin key: from the environment, or made once and kept in the data dir."""
+async def _admin_key(settings: Settings, data_dir: Path) -> str | None:
+    """The bootstrap admin key: from the environment, or made once and kept in the data dir.
+
+    None when that key was revoked through the API: the stack still starts, and says how to
+    make a new one, because a data directory must never become unusable.
+    """
     key_file = data_dir / "admin.key"
     key = settings.bootstrap_admin_key
     if key is None and key_file.exists():
-        key = key_file.read_text().strip()
+        key = key_file.read_text().strip() or None
     if key is None:
-        key = "tl_" + secrets.token_urlsafe(32)
+        key = new_key()
         key_file.write_text(key + "\n")
         key_file.chmod(0o600)
     pool = await create_pool(settings.database_url, min_size=1, max_size=1)
     try:
-        if await find_api_key(pool, key) is None:
-            await create_api_key(pool, name="bootstrap-admin", role="admin", key=key)
+        if await find_api_key(pool, key) is not None:
+            return key
+        if await key_was_revoked(pool, key):
+            print(
+                f"  The bootstrap admin key ({key_file}) was revoked through the API; "
+                "make a new one with: tierline keys create --role admin",
+                file=sys.stderr,
+            )
+            return None
+        await create_api_key(pool, name="bootstrap-admin", role="admin", key=key)
     finally:
         await pool.close()
     return key
 
 
-def _banner(settings: Settings, key: str, started: float) -> None:
+def _banner(settings: Settings, key: str | None, started: float, data_dir: Path) -> None:
+    """What a newcomer needs, on stdout, apart from the logs (which go to stderr and files)."""
     url = f"http://{settings.api_host}:{settings.api_port}"
+    shown = key if key is not None else "(revoked: tierline keys create --role admin)"
+    example = key if key is not None else "<admin key>"
     print(
         "\n"
         f"  Tierline is running ({time.monotonic() - started:.1f}s)\n"
         f"  API        {url}   (OpenAPI: {url}/openapi.json)\n"
-        f"  Admin key  {key}\n"
-        f"  Try        curl -H 'Authorization: Bearer {key}' {url}/v1/vendors\n"
-        f"  Data       {settings.data_dir.resolve()}  (kept across restarts)\n"
+        f"  Admin key  {shown}\n"
+        f"  Try        curl -H 'Authorization: Bearer {example}' {url}/v1/vendors\n"
+        f"  Data       {data_dir}  (kept across restarts)\n"
+        f"  Logs       {data_dir / 'logs'}  (warnings and errors also here)\n"
         "  Stop       Ctrl-C\n",
-        file=sys.stderr,
+        file=sys.stdout,
         flush=True,
     )
 
@@ -83,21 +100,29 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    postgres = PostgresServer(data_dir / "pg")
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    configure_logging(settings.log_level, settings.log_format, file=logs / "tierline.log")
+    # Child output goes to files: the terminal is for the banner and for what needs a look.
+    postgres = PostgresServer(data_dir / "pg", forward_logs=False, log_file=logs / "postgres.log")
     # A fresh cluster id per start tells the relay and consumers that the in-memory log is new.
-    broker = TansuBroker(cluster_id=f"tierline-dev-{uuid.uuid4().hex[:12]}")
+    broker = TansuBroker(
+        cluster_id=f"tierline-dev-{uuid.uuid4().hex[:12]}",
+        forward_logs=False,
+        log_file=logs / "tansu.log",
+    )
     try:
         await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(broker.start))
-        print(
-            "  The dev broker keeps its log in memory; on each start the relay refills it\n"
-            "  from the PostgreSQL event store, so issues and history survive restarts.",
-            file=sys.stderr,
-        )
         database_url = await _ensure_database(postgres.dsn)
         update: dict[str, object] = {
             "database_url": database_url,
             "kafka_bootstrap": broker.bootstrap,
         }
+        if "TIERLINE_KAFKA_IDEMPOTENCE" not in os.environ:
+            # Tansu refuses producer ids; probing it logs a harmless but alarming ERROR.
+            update["kafka_idempotence"] = "false"
+        if settings.api_port == 0:
+            update["api_port"] = free_port()
         if "TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS" not in os.environ:
             # A laptop's receivers live on loopback; production keeps the SSRF guard on.
             update["webhooks_allow_private_targets"] = True
@@ -113,7 +138,12 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
 
 
 async def _serve(
-    settings: Settings, key: str, demo: bool, stop: asyncio.Event, started: float, data_dir: Path
+    settings: Settings,
+    key: str | None,
+    demo: bool,
+    stop: asyncio.Event,
+    started: float,
+    data_dir: Path,
 ) -> int:
     from tierline.api.app import create_app  # noqa: F401  (fail early on import errors)
     from tierline.roles import available_roles, run_roles
@@ -121,7 +151,7 @@ async def _serve(
     roles = asyncio.create_task(run_roles(settings, list(available_roles()), stop))
     api_url = f"http://{settings.api_host}:{settings.api_port}"
     await _wait_http(f"{api_url}/readyz", roles)
-    if demo:
+    if demo and key is not None:
         from tierline.devstack.demo import seed_demo
 
         await seed_demo(api_url, key)
@@ -136,7 +166,7 @@ async def _serve(
             indent=2,
         )
     )
-    _banner(settings, key, started)
+    _banner(settings, key, started, data_dir)
     await roles
     return 0
 

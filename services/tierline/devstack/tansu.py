@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import structlog
 from aiokafka.admin import AIOKafkaAdminClient
@@ -43,8 +44,10 @@ class TansuBroker:
         port: int | None = None,
         cluster_id: str = "tierline-dev",
         forward_logs: bool = True,
+        log_file: Path | None = None,
     ) -> None:
         self._requested_port = port
+        self.log_file = log_file
         self.port = port if port is not None else 0
         self.cluster_id = cluster_id
         self.forward_logs = forward_logs
@@ -71,7 +74,9 @@ class TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         argv += ["--storage-engine", "memory://tansu/", "--cluster-id", self.cluster_id]
-        self._proc = ManagedProcess("tansu", argv, forward=self.forward_logs)
+        self._proc = ManagedProcess(
+            "tansu", argv, forward=self.forward_logs, log_file=self.log_file
+        )
         self._proc.start()
         try:
             wait_for_tcp("127.0.0.1", self.port, timeout, self._proc)

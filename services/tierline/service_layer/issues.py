@@ -22,9 +22,9 @@ from tierline.store.pool import Conn
 
 log = structlog.get_logger(__name__)
 
-FIND_REF = "SELECT stream_id FROM external_refs WHERE system = $1 AND key = $2"
+FIND_REF = "SELECT stream_id, vendor_id FROM external_refs WHERE system = $1 AND key = $2"
 INSERT_REF = """
-INSERT INTO external_refs (system, key, stream_id) VALUES ($1, $2, $3)
+INSERT INTO external_refs (system, key, stream_id, vendor_id) VALUES ($1, $2, $3, $4)
 ON CONFLICT DO NOTHING RETURNING 1
 """
 
@@ -71,6 +71,10 @@ class PreconditionFailed(Exception):
     def __init__(self, current: int) -> None:
         self.current = current
         super().__init__(f"issue is at version {current}")
+
+
+class ExternalRefConflict(Exception):
+    """The external ref belongs to an issue of another vendor (which is not named)."""
 
 
 class _ExternalRefRaced(Exception):
@@ -142,7 +146,7 @@ class IssueService:
                 if stored is not None:
                     return stored.status, stored.body, stored.headers
             if command.external_ref is not None:
-                existing = await self._by_external_ref(conn, command.external_ref)
+                existing = await self._by_external_ref(conn, command.external_ref, command)
                 if existing is not None:
                     return await self._finish(conn, principal, idem, render(existing, False))
             issue_id = str(uuid.uuid4())
@@ -151,17 +155,25 @@ class IssueService:
             issue = await self._append(conn, issue_id, None, events, now, traceparent)
             if command.external_ref is not None:
                 system, key = command.external_ref.split(":", 1)
-                if await conn.fetchval(INSERT_REF, system, key, issue_id) is None:
+                inserted = await conn.fetchval(INSERT_REF, system, key, issue_id, command.vendor_id)
+                if inserted is None:
                     raise _ExternalRefRaced()
             log.info("issue_opened", issue_id=issue_id, vendor_id=command.vendor_id)
             return await self._finish(conn, principal, idem, render(issue, True))
 
-    async def _by_external_ref(self, conn: Conn, ref: str) -> Issue | None:
+    async def _by_external_ref(self, conn: Conn, ref: str, command: c.OpenIssue) -> Issue | None:
+        """The issue a ref already names, when it is this vendor's; another vendor's is a conflict.
+
+        The vendor is compared before the issue is read, so a ref of another vendor yields
+        nothing of that issue, to any caller: the same answer whoever asks.
+        """
         system, key = ref.split(":", 1)
-        stream_id = await conn.fetchval(FIND_REF, system, key)
-        if stream_id is None:
+        row = await conn.fetchrow(FIND_REF, system, key)
+        if row is None:
             return None
-        head = await read_head(conn, stream_id)
+        if row["vendor_id"] != command.vendor_id:
+            raise ExternalRefConflict()
+        head = await read_head(conn, row["stream_id"])
         assert head is not None
         return Issue.model_validate_json(head[1])
 

@@ -23,6 +23,7 @@ FIND_KEY = """
 SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
 WHERE key_hash = $1 AND revoked_at IS NULL
 """
+KEY_REVOKED = "SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_hash = $1"
 LIST_KEYS = """
 SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
 ORDER BY created_at, id
@@ -30,6 +31,14 @@ ORDER BY created_at, id
 REVOKE_KEY = """
 UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id
 """
+# Revocations queue on one lock, so two at once cannot each leave the other as the last admin.
+LOCK_REVOCATIONS = "SELECT pg_advisory_xact_lock(hashtext('tierline.api_keys.revoke'))"
+LIVE_ROLE = "SELECT role FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+LIVE_ADMINS = "SELECT count(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+
+
+class LastAdminKey(Exception):
+    """Revoking this key would leave no live admin key: nobody could manage keys any more."""
 
 
 @dataclass(frozen=True)
@@ -79,11 +88,23 @@ async def find_api_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> Api
     return None if row is None else ApiKey(*row)
 
 
+async def key_was_revoked(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> bool:
+    """Whether this key was stored once and has been revoked since."""
+    return bool(await conn.fetchval(KEY_REVOKED, hash_key(key)))
+
+
 async def list_api_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[ApiKey]:
     """Every key's metadata, revoked ones included."""
     return [ApiKey(*row) for row in await conn.fetch(LIST_KEYS)]
 
 
-async def revoke_api_key(conn: asyncpg.Connection | asyncpg.Pool, key_id: uuid.UUID) -> bool:
-    """Revoke at once; False when no live key has this id."""
-    return await conn.fetchval(REVOKE_KEY, key_id) is not None
+async def revoke_api_key(pool: asyncpg.Pool, key_id: uuid.UUID) -> bool:
+    """Revoke at once; False when no live key has this id, LastAdminKey for the last admin."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(LOCK_REVOCATIONS)
+        role = await conn.fetchval(LIVE_ROLE, key_id)
+        if role is None:
+            return False
+        if role == "admin" and await conn.fetchval(LIVE_ADMINS) <= 1:
+            raise LastAdminKey(str(key_id))
+        return await conn.fetchval(REVOKE_KEY, key_id) is not None

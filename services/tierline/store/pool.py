@@ -7,6 +7,8 @@ from typing import TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+CONNECT_TIMEOUT = 10.0
+
 
 async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     """A pool whose connections use UTC so timestamps round-trip unchanged."""
@@ -14,6 +16,8 @@ async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 2
         database_url,
         min_size=min_size,
         max_size=max_size,
+        # A server that stopped answering must fail a request in seconds, not a minute.
+        timeout=CONNECT_TIMEOUT,
         server_settings={"timezone": "UTC", "application_name": "tierline"},
     )
     assert pool is not None
