@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -121,3 +122,104 @@ def test_dev_starts_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         assert [e["sequence"] for e in history] == ["1", "2"]
     finally:
         stop_dev(proc)
+
+
+def _run_dev(
+    data_dir: Path, args: list[str], env: dict[str, str]
+) -> tuple[subprocess.Popen[bytes], dict[str, Any], Path, Path]:
+    """Start `tierline dev` with stdout and stderr kept apart; wait for dev.json."""
+    (data_dir / "dev.json").unlink(missing_ok=True)
+    out, err = data_dir.parent / "dev.out", data_dir.parent / "dev.err"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tierline.cli", "dev", "--data-dir", str(data_dir), *args],
+        stdout=out.open("wb"),
+        stderr=err.open("wb"),
+        env=env,
+    )
+    for _ in range(600):
+        if (data_dir / "dev.json").exists():
+            return proc, json.loads((data_dir / "dev.json").read_text()), out, err
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.kill()
+    pytest.fail(err.read_text()[-3000:])
+
+
+def _call_with(key: str, url: str, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"Authorization": f"Bearer {key}"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            raw = resp.read()
+            return resp.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def test_dev_survives_a_revoked_bootstrap_key_and_keys_create_recovers(tmp_path: Path) -> None:
+    """The trial's lockout: after the API revoked the bootstrap key, dev must still start."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERLINE_")}
+    # --port 0 picks a free port; the banner goes to stdout, the JSON logs to files.
+    proc, info, out, err = _run_dev(data_dir, ["--port", "0"], env)
+    try:
+        api = info["api_url"]
+        assert not api.endswith(":0")
+        bootstrap = (data_dir / "admin.key").read_text().strip()
+        assert f"Admin key  {bootstrap}" in out.read_text()
+        assert bootstrap not in err.read_text()
+        assert '"level": "info"' not in err.read_text(), "info logs belong in the log file"
+        assert '"level": "info"' in (data_dir / "logs" / "tierline.log").read_text()
+        status, other = _call_with(
+            bootstrap, f"{api}/v1/api-keys", "POST", {"name": "second", "role": "admin"}
+        )
+        assert status == 201
+        status, keys = _call_with(other["key"], f"{api}/v1/api-keys")
+        first_id = next(k["id"] for k in keys["items"] if k["name"] == "bootstrap-admin")
+        assert _call_with(other["key"], f"{api}/v1/api-keys/{first_id}", "DELETE")[0] == 204
+        assert _call_with(other["key"], f"{api}/v1/api-keys/{other['id']}", "DELETE")[0] == 409
+    finally:
+        stop_dev(proc)
+
+    # Restart on the same data, port from the environment as `make run` passes it.
+    port = free_port()
+    proc, info, out, err = _run_dev(data_dir, [], {**env, "TIERLINE_API_PORT": str(port)})
+    try:
+        assert info["api_url"].endswith(f":{port}")
+        revoked_lines = [line for line in err.read_text().splitlines() if "revoked" in line]
+        assert len(revoked_lines) == 1, err.read_text()
+        assert "tierline keys create --role admin" in revoked_lines[0]
+        created = subprocess.run(
+            [sys.executable, "-m", "tierline.cli", "keys", "create", "--role", "admin"],
+            env={**env, "TIERLINE_DATA_DIR": str(data_dir)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        new_key = created.stdout.strip()
+        assert _call_with(new_key, f"{info['api_url']}/v1/vendors")[0] == 200
+        assert _call_with(bootstrap, f"{info['api_url']}/v1/vendors")[0] == 401
+    finally:
+        stop_dev(proc)
+
+
+def test_keys_create_without_a_database_says_so_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERLINE_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tierline.cli", "keys", "create", "--role", "admin"],
+        env={
+            **env,
+            "TIERLINE_DATA_DIR": str(tmp_path),
+            "TIERLINE_DATABASE_URL": f"postgresql://x:hunter2@127.0.0.1:{free_port()}/x",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "cannot reach PostgreSQL" in done.stderr and "Traceback" not in done.stderr
+    assert "hunter2" not in done.stderr
