@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
 
 from tests.fixtures.stack import running_stack, stack_settings
 from tests.integration.test_projector import SEED, append_commands, published, seeded
@@ -217,7 +218,9 @@ async def test_every_panel_runs_on_the_read_models(
             "SELECT vendor_id FROM read.issues GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
         )
         start, end = workload.start - timedelta(days=1), workload.now + timedelta(days=1)
-        async with pool.acquire() as conn:
+        async with pool.acquire() as conn, conn.transaction():
+            # As Grafana's read-only role, after a replay swapped every table: the grants hold.
+            await conn.execute("SET LOCAL ROLE tierline_read")
             for path in DASHBOARDS:
                 dashboard = load(path)
                 vendor = dashboard["templating"]["list"][0]
@@ -233,3 +236,27 @@ async def test_every_panel_runs_on_the_read_models(
                     _check_result((dashboard["uid"], panel["title"]), panel, columns, rows)
     finally:
         await pool.close()
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "SELECT * FROM events",
+        "SELECT * FROM api_keys",
+        "SELECT * FROM webhook_subscriptions",
+        "SELECT * FROM idempotency_keys",
+        "INSERT INTO read.escalations SELECT * FROM read.escalations",
+        "DELETE FROM read.issues",
+        "UPDATE public.vendors SET name = name",
+    ],
+)
+async def test_the_dashboard_role_reads_read_models_only(database_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        async with conn.transaction():
+            await conn.execute("SET LOCAL ROLE tierline_read")
+            assert await conn.fetchval("SELECT count(*) FROM read.issues") == 0
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(statement)
+    finally:
+        await conn.close()
