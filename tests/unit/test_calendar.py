@@ -57,8 +57,10 @@ def around(day: date) -> tuple[datetime, datetime]:
 # --- spec validation and serialisation ------------------------------------------------------
 
 
-def test_default_spec_is_24x7_utc() -> None:
-    assert CalendarSpec() == TWENTY_FOUR_SEVEN
+def test_default_spec_is_24x7_in_the_vendors_zone() -> None:
+    # No zone means "the vendor's"; TWENTY_FOUR_SEVEN is the resolved one for no vendor.
+    assert CalendarSpec().timezone is None
+    assert CalendarSpec().in_zone("UTC") == TWENTY_FOUR_SEVEN
     assert TWENTY_FOUR_SEVEN.timezone == "UTC"
     assert TWENTY_FOUR_SEVEN.hours is None
     assert TWENTY_FOUR_SEVEN.holidays == []

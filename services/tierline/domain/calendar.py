@@ -1,5 +1,12 @@
 """Business-time arithmetic for SLA clocks: calendars of weekly hours, holidays and a time zone.
 
+A calendar may leave its zone out: it then runs in the zone of the vendor that uses it, and
+`CalendarSpec.in_zone` fills that in (`Vendor.calendar_spec` does, for inline and for named
+governance calendars alike). Arithmetic always needs a zone, since the same hours are different
+instants in Kolkata and in UTC. `BusinessCalendar` reads an unresolved calendar in UTC, which is
+only right where no vendor is involved (checking that a governance calendar has any hours at
+all); every vendor clock runs on `Vendor.calendar_spec`, which is always resolved.
+
 A calendar says, per weekday, which local wall-clock intervals are business time; holidays are
 whole local days without any. Every instant is then either business time or not, and the two
 operations are `add` (when will N business seconds have elapsed?) and `between` (how many
@@ -74,10 +81,22 @@ def _check_day(day: str, intervals: list[Interval]) -> None:
         previous_end = high
 
 
-class CalendarSpec(BaseModel, frozen=True, extra="forbid"):
-    """A business calendar as the API shows it; `hours=None` means 24x7."""
+def known_zone(value: str) -> str:
+    """The name itself when zoneinfo can load it as an IANA zone, else ValueError."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown IANA time zone {value!r}") from None
+    return value
 
-    timezone: str = "UTC"
+
+class CalendarSpec(BaseModel, frozen=True, extra="forbid"):
+    """A business calendar as the API shows it; `hours=None` means 24x7.
+
+    `timezone=None` means "the zone of the vendor using it"; see `in_zone`.
+    """
+
+    timezone: str | None = None
     # {"mon": ["09:00", "17:00"]} for one interval, {"mon": [["09:00", "12:00"], ...]} for several;
     # a weekday that is missing has no business hours.
     hours: dict[Weekday, DayHours] | None = None
@@ -85,13 +104,20 @@ class CalendarSpec(BaseModel, frozen=True, extra="forbid"):
 
     @field_validator("timezone")
     @classmethod
-    def _known_zone(cls, value: str) -> str:
-        """The zone must be an IANA name zoneinfo can load."""
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown IANA time zone {value!r}") from None
-        return value
+    def _known_zone(cls, value: str | None) -> str | None:
+        """The zone, when given, must be an IANA name zoneinfo can load."""
+        return None if value is None else known_zone(value)
+
+    def in_zone(self, zone: str) -> CalendarSpec:
+        """This calendar, running in `zone` unless it names a zone of its own."""
+        if self.timezone is not None:
+            return self
+        return self.model_copy(update={"timezone": known_zone(zone)})
+
+    @property
+    def has_hours(self) -> bool:
+        """Whether any weekday has business hours (24x7 has all of them)."""
+        return self.hours is None or any(_intervals_of(h) for h in self.hours.values())
 
     @field_validator("hours")
     @classmethod
@@ -125,7 +151,8 @@ def _intervals_of(hours: DayHours) -> list[Interval]:
     return [hours] if isinstance(hours, tuple) else list(hours)
 
 
-TWENTY_FOUR_SEVEN = CalendarSpec()
+# Resolved, so it can be used where no vendor is involved.
+TWENTY_FOUR_SEVEN = CalendarSpec(timezone="UTC")
 
 
 def _micros(at: datetime) -> int:
@@ -170,11 +197,11 @@ class BusinessCalendar:
 
     def __init__(self, spec: CalendarSpec) -> None:
         self.spec = spec
-        self._zone = ZoneInfo(spec.timezone)
-        self._week = _weekly_template(spec)
         self._holidays = frozenset(spec.holidays)
         # 24x7 without holidays is plain UTC arithmetic; the zone then cannot matter.
         self._always = spec.hours is None and not self._holidays
+        self._zone = ZoneInfo(spec.timezone or "UTC")
+        self._week = _weekly_template(spec)
         self._never = not any(self._week)
         self._days: dict[int, tuple[tuple[int, int], ...]] = {}
 

@@ -119,8 +119,16 @@ def retarget_clock(
     )
     if unchanged:
         # Re-basing running_since would change the clock without changing its deadline and
-        # turn every policy change into an event on every open issue.
-        return clock
+        # turn every policy change into an event on every open issue. The calendar may have
+        # changed, though (a vendor's zone, hours or holidays): the deadline is then where the
+        # remaining business time ends on it, the same computation as when it was set.
+        if clock.state != "running" or clock.running_since is None:
+            return clock
+        try:
+            due_at = calendar.add(clock.running_since, max(0.0, target - clock.elapsed_seconds))
+        except ValueError:
+            return clock  # no business hours to count: keep the deadline it has
+        return clock if due_at == clock.due_at else clock.model_copy(update={"due_at": due_at})
     update: dict[str, object] = {
         "target_seconds": target,
         "warn_at": list(policy.warn_at),

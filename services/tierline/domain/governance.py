@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-from typing import Literal, cast
+from datetime import date, timedelta
+from typing import Any, Literal, cast
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tierline.domain.calendar import CalendarSpec
+from tierline.domain.calendar import CalendarSpec, known_zone
 
 Priority = Literal["P1", "P2", "P3", "P4"]
 PRIORITIES: tuple[Priority, ...] = ("P1", "P2", "P3", "P4")
@@ -116,7 +116,11 @@ DEFAULT_GOVERNANCE = Governance(
 
 
 class Vendor(BaseModel):
-    """A supplier issues are raised against; its calendar drives business time."""
+    """A supplier issues are raised against; its calendar drives business time.
+
+    A calendar without a zone of its own (inline or named in the governance document) runs in
+    the vendor's zone: Kolkata office hours are Kolkata hours unless the calendar says otherwise.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -124,11 +128,92 @@ class Vendor(BaseModel):
     timezone: str = "UTC"
     calendar: str | CalendarSpec | None = None
 
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        """The zone must be an IANA name zoneinfo can load."""
+        return known_zone(value)
+
     def calendar_spec(self, governance: Governance) -> CalendarSpec:
-        """The calendar this vendor's clocks run on (24x7 when it has none)."""
-        if self.calendar is None:
-            return CalendarSpec(timezone=self.timezone)
+        """The calendar this vendor's clocks run on, zone resolved (24x7 when it has none)."""
+        spec = governance.calendars.get(self.calendar) if isinstance(self.calendar, str) else None
         if isinstance(self.calendar, CalendarSpec):
-            return self.calendar
-        spec = governance.calendars.get(self.calendar)
-        return spec if spec is not None else CalendarSpec(timezone=self.timezone)
+            spec = self.calendar
+        return (spec or CalendarSpec()).in_zone(self.timezone)
+
+    def effective_timezone(self, governance: Governance) -> str:
+        """The zone the vendor's business hours are counted in."""
+        zone = self.calendar_spec(governance).timezone
+        assert zone is not None, "calendar_spec always resolves the zone"
+        return zone
+
+    def changed(self, change: VendorChange) -> Vendor:
+        """The vendor after a change; InvalidVendorChange when the change cannot apply."""
+        update: dict[str, Any] = {
+            field: getattr(change, field) for field in change.model_fields_set - {"holidays"}
+        }
+        if change.holidays is not None:
+            update["calendar"] = self._with_holidays(change)
+        return Vendor.model_validate({**self.model_dump(), **update})
+
+    def _with_holidays(self, change: VendorChange) -> CalendarSpec:
+        """The inline calendar with its holiday list replaced (a 24x7 one if there was none)."""
+        assert change.holidays is not None
+        if "calendar" in change.model_fields_set:
+            raise InvalidVendorChange("holidays", "send holidays inside calendar when replacing it")
+        if isinstance(self.calendar, str):
+            raise InvalidVendorChange(
+                "holidays",
+                f"the vendor uses the governance calendar {self.calendar!r}; its holidays are"
+                " changed in the governance document",
+            )
+        current = self.calendar or CalendarSpec()
+        return current.model_copy(update={"holidays": sorted(set(change.holidays))})
+
+    def check(self, governance: Governance) -> None:
+        """InvalidVendorChange unless the calendar exists and has business hours to count."""
+        if isinstance(self.calendar, str) and self.calendar not in governance.calendars:
+            raise InvalidVendorChange(
+                "calendar",
+                f"calendar {self.calendar!r} is not defined in the governance document",
+            )
+        if not self.calendar_spec(governance).has_hours:
+            raise InvalidVendorChange("calendar", "the calendar has no business hours")
+
+
+class VendorChange(BaseModel):
+    """`PATCH /v1/vendors/{id}`: the fields given replace the vendor's; the rest stay.
+
+    `calendar: null` returns the vendor to 24x7. `holidays` replaces the holiday list of the
+    vendor's inline calendar (making one that is 24x7 when it has none); it cannot be combined
+    with `calendar`, and a vendor on a governance calendar changes holidays there instead.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    timezone: str | None = None
+    calendar: str | CalendarSpec | None = None
+    holidays: list[date] | None = Field(default=None, max_length=1000)
+
+    @field_validator("name", "timezone", "holidays", mode="before")
+    @classmethod
+    def _not_null(cls, value: object) -> object:
+        """Leave a field out to keep it; only `calendar` may be null."""
+        if value is None:
+            raise ValueError("may not be null")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        """The zone must be an IANA name zoneinfo can load."""
+        return None if value is None else known_zone(value)
+
+
+class InvalidVendorChange(ValueError):
+    """A vendor (or a change to one) that is well-formed but cannot be used; names the field."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        self.field = field
+        self.detail = detail
+        super().__init__(detail)
