@@ -42,7 +42,13 @@ def summary(latencies: list[float]) -> dict[str, float]:
 def dev_stack(port: int = 18080) -> Iterator[dict[str, Any]]:
     """`tierline dev` in a fresh data dir as a subprocess; yields its dev.json."""
     data = Path(tempfile.mkdtemp(prefix="tierline-bench-"))
-    env = {**os.environ, "TIERLINE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "TIERLINE_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "TIERLINE_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+        "TIERLINE_LOG_LEVEL": "WARNING",
+        # The load client drives one key far past a per-key limit on purpose.
+        "TIERLINE_RATE_LIMIT_RPS": "0",
+    }
     log = open(data / "dev.log", "w")  # noqa: SIM115  (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "tierline.cli", "dev", "--data-dir", str(data), "--port", str(port)],

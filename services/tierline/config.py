@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ISSUE_EVENTS_TOPIC = "tierline.issue-events.v1"
@@ -28,10 +28,17 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_max_body_bytes: int = 256 * 1024
+    # Per API key, per API process (docs/adr/0008): 0 turns limiting off. A busy integration
+    # stays far below 50/s; a runaway loop reaches it within seconds.
+    rate_limit_rps: float = Field(default=50.0, ge=0)
+    rate_limit_burst: int = Field(default=200, ge=1)
     # Roles other than the API serve /metrics and /healthz here (0 = off).
     metrics_port: int = 9100
     public_base_url: str | None = None
     bootstrap_admin_key: str | None = None
+    # Fernet keys, comma-separated, newest first: encrypts webhook signing secrets at rest
+    # (tierline/secretbox.py, docs/adr/0007). The api and webhooks roles refuse to start without.
+    secret_key: SecretStr | None = None
     data_dir: Path = Path(".tierline")
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"

@@ -7,9 +7,11 @@ import importlib
 import importlib.util
 from collections.abc import Awaitable, Callable
 
+import asyncpg
 import structlog
 from aiohttp import web
 
+from tierline import secretbox
 from tierline.config import Settings
 from tierline.eventlog.kafka import resolve_idempotence
 from tierline.store.migrate import migrate_url
@@ -17,13 +19,16 @@ from tierline.store.migrate import migrate_url
 log = structlog.get_logger(__name__)
 
 Role = Callable[[Settings, asyncio.Event], Awaitable[None]]
+# Roles that write or read webhook signing secrets, which are encrypted at rest (ADR 0007).
+NEEDS_SECRET_KEY = frozenset({"api", "webhooks"})
 
 
 async def run_api(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the HTTP API until stopped."""
     from tierline.api.app import create_app
+    from tierline.api.hardening import HANDLER_ARGS, ApiRunner
 
-    runner = web.AppRunner(create_app(settings), access_log=None, handle_signals=False)
+    runner = ApiRunner(create_app(settings), access_log=None, handle_signals=False, **HANDLER_ARGS)
     await runner.setup()
     site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
     await site.start()
@@ -99,9 +104,39 @@ async def serve_metrics(settings: Settings, stop: asyncio.Event) -> None:
         await runner.cleanup()
 
 
+def install_secret_box(settings: Settings, names: list[str]) -> secretbox.SecretBox | None:
+    """Install the box of TIERLINE_SECRET_KEY when a role needs it.
+
+    Raises SecretKeyError (reported in one line by the command line) when the key is missing or
+    malformed, before anything starts.
+    """
+    if NEEDS_SECRET_KEY.isdisjoint(names):
+        return None
+    box = secretbox.SecretBox.from_setting(settings.secret_key)
+    secretbox.install(box)
+    return box
+
+
+async def seal_plaintext_secrets(database_url: str, box: secretbox.SecretBox) -> int:
+    """Encrypt webhook secrets stored before encryption at rest; how many rows changed."""
+    from tierline.webhooks.subscriptions import seal_plaintext_secrets as seal
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        sealed = await seal(conn, box)
+    finally:
+        await conn.close()
+    if sealed:
+        log.info("webhook_secrets_sealed", count=sealed, reason="plaintext found at start")
+    return sealed
+
+
 async def run_roles(settings: Settings, names: list[str], stop: asyncio.Event) -> None:
     """Migrate, then run the named roles side by side; one failing stops them all."""
+    box = install_secret_box(settings, names)
     await migrate_url(settings.database_url)
+    if box is not None:
+        await seal_plaintext_secrets(settings.database_url, box)
     roles = available_roles()
     tasks: list[asyncio.Task[None]] = [
         asyncio.create_task(_run(roles[name], settings, stop), name=name) for name in names

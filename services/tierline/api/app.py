@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from tierline.api import admin, issues
+from tierline.api.hardening import check_request
 from tierline.api.key_cache import ApiKeyCache
 from tierline.api.keys import (
     ISSUES,
@@ -21,11 +23,13 @@ from tierline.api.keys import (
     KEY_CACHE,
     OPENAPI,
     POOL,
+    RATE_LIMITER,
     REFERENCE,
     SETTINGS,
 )
 from tierline.api.openapi import build_openapi
 from tierline.api.problems import Problem, problem_response
+from tierline.api.ratelimit import RateLimiter
 from tierline.api.registry import PRINCIPAL_KEY, Handler, RouteTable, json_response
 from tierline.api.schemas import Health
 from tierline.config import Settings
@@ -37,6 +41,7 @@ from tierline.store.pool import create_pool
 log = structlog.get_logger(__name__)
 
 ops = RouteTable()
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 # Long enough for a fast restart or failover, short enough that clients do not give up.
 RETRY_AFTER_SECONDS = 5
 REQUESTS = Counter("tierline_http_requests_total", "HTTP requests", ["method", "route", "status"])
@@ -121,7 +126,9 @@ def _traceparent(request: web.Request) -> tuple[str, str]:
 async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind request and trace ids to the logs; render every error as problem details."""
     traceparent, trace_id = _traceparent(request)
-    request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+    request_id = request.headers.get("X-Request-Id", "")
+    if not REQUEST_ID.fullmatch(request_id):  # echoed and logged: only a sane one is kept
+        request_id = uuid.uuid4().hex
     request[issues.TRACEPARENT_KEY] = traceparent
     structlog.contextvars.bind_contextvars(request_id=request_id, trace_id=trace_id)
     route = (
@@ -141,15 +148,23 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def _with_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        check_request(request)
         return await handler(request)
     except Problem as p:
-        return problem_response(p.status, p.kind, p.detail, request.path, p.extra)
+        return problem_response(p.status, p.kind, p.detail, request.path, p.extra, p.headers)
     except web.HTTPRequestEntityTooLarge as exc:
         return problem_response(413, "payload-too-large", exc.text, request.path)
     except web.HTTPNotFound:
         return problem_response(404, "not-found", "no such resource", request.path)
-    except web.HTTPMethodNotAllowed:
-        return problem_response(405, "method-not-allowed", None, request.path)
+    except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return problem_response(
+            405,
+            "method-not-allowed",
+            f"{request.method[:20]} is not allowed here; use {allowed}",
+            request.path,
+            headers={"Allow": allowed},
+        )
     except web.HTTPException as exc:
         return problem_response(exc.status, "http-error", exc.reason, request.path)
     except Exception as exc:
@@ -192,6 +207,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if found is None:
             raise Problem(401, "unauthenticated", "unknown or revoked API key")
         request[PRINCIPAL_KEY] = Principal(str(found.id), found.role, found.vendor_id)
+        limiter = request.app[RATE_LIMITER]
+        if limiter.enabled:
+            decision = limiter.take(str(found.id))
+            if not decision.allowed:
+                raise Problem(
+                    429,
+                    "rate-limited",
+                    f"this key may make {limiter.rate:g} requests per second "
+                    f"(bursts of {limiter.burst}); retry after {decision.reset_seconds}s",
+                    headers=decision.headers,
+                )
+            response = await handler(request)
+            response.headers.update(decision.headers)
+            return response
     return await handler(request)
 
 
@@ -204,6 +233,7 @@ def create_app(settings: Settings, *, kafka_bootstrap: str | None = None) -> web
     app[SETTINGS] = settings
     app[KAFKA_BOOTSTRAP] = kafka_bootstrap or settings.kafka_bootstrap
     app[OPENAPI] = openapi_document()
+    app[RATE_LIMITER] = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     for table in all_routes():
         table.install(app)
     app.cleanup_ctx.append(_resources)

@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from tierline.api.key_cache import ApiKeyCache
+from tierline.api.ratelimit import RateLimiter
 from tierline.config import Settings
 from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
@@ -19,3 +20,4 @@ ISSUES = web.AppKey("issues", IssueService)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 KAFKA_BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
 KEY_CACHE = web.AppKey("key_cache", ApiKeyCache)
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)

@@ -28,22 +28,40 @@ TITLES = {
     "last-admin-key": "The last active admin key cannot be revoked",
     "internal-error": "Internal server error",
     "unavailable": "Service unavailable",
+    "unsupported-content-encoding": "Unsupported content encoding",
+    "uri-too-long": "URI too long",
+    "headers-too-large": "Request header fields too large",
+    "rate-limited": "Too many requests",
 }
 
 
 class Problem(Exception):
     """Raise anywhere in a handler; the middleware renders it."""
 
-    def __init__(self, status: int, kind: str, detail: str | None = None, **extra: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        detail: str | None = None,
+        *,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
         self.status = status
         self.kind = kind
         self.detail = detail
+        self.headers = headers or {}
         self.extra = extra
         super().__init__(detail or kind)
 
 
 def problem_response(
-    status: int, kind: str, detail: str | None, instance: str, extra: dict[str, Any] | None = None
+    status: int,
+    kind: str,
+    detail: str | None,
+    instance: str,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> web.Response:
     """The problem+json response for an error."""
     body: dict[str, Any] = {
@@ -56,4 +74,8 @@ def problem_response(
         body["detail"] = detail
     if extra:
         body.update(extra)
-    return web.Response(status=status, text=json.dumps(body), content_type=PROBLEM_JSON)
+    if not instance:
+        del body["instance"]
+    return web.Response(
+        status=status, text=json.dumps(body), content_type=PROBLEM_JSON, headers=headers
+    )

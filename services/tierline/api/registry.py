@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from tierline.api.hardening import parse_json
 from tierline.api.problems import Problem
 from tierline.service_layer.issues import Principal
 
@@ -108,14 +109,11 @@ def principal(request: web.Request) -> Principal:
 
 
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON (whatever Content-Type curl sent); 400 when it is not JSON."""
+    """The request body as JSON (the hardening layer checked its media type); 400 if not JSON."""
     raw = await request.read()
     if not raw:
         return {}
-    try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Problem(400, "malformed-request", f"body is not valid JSON: {exc}") from None
+    return parse_json(raw)
 
 
 def validation_problem(exc: ValidationError) -> Problem:
