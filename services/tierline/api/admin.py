@@ -6,73 +6,100 @@ import uuid
 from datetime import UTC, datetime
 
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import ValidationError
 
 from tierline.api.keys import KEY_CACHE, POOL, REFERENCE
 from tierline.api.problems import Problem
-from tierline.api.registry import RouteTable, json_response, principal, read_model
-from tierline.api.schemas import ApiKeyOut, ApiKeyPage, CreateApiKey, GovernanceOut
+from tierline.api.registry import (
+    RouteTable,
+    json_response,
+    principal,
+    read_model,
+    validation_problem,
+)
+from tierline.api.schemas import (
+    ApiKeyOut,
+    ApiKeyPage,
+    CreateApiKey,
+    GovernanceOut,
+    VendorOut,
+    VendorPage,
+)
 from tierline.domain.calendar import BusinessCalendar
-from tierline.domain.governance import Governance, Vendor
+from tierline.domain.governance import Governance, InvalidVendorChange, Vendor, VendorChange
+from tierline.service_layer.vendors import (
+    VendorNotFound,
+    VendorPreconditionFailed,
+    VendorService,
+)
 from tierline.store import api_keys as key_store
 from tierline.store import vendors as vendor_store
+from tierline.store.vendors import VendorRecord
 
 routes = RouteTable()
 READERS = ("admin", "integration", "vendor", "viewer")
 
 
-class VendorPage(BaseModel):
-    """Vendors visible to the caller."""
+def _etag(version: int) -> str:
+    return f'"{version}"'
 
-    items: list[Vendor]
-    next_cursor: str | None = None
+
+def _if_match(request: web.Request) -> int | None:
+    """The vendor version `If-Match` names (None for none or `*`), as for issues."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    tag = raw.strip().removeprefix("W/").strip('"')
+    try:
+        return int(tag)
+    except ValueError:
+        raise Problem(412, "precondition-failed", f"If-Match {raw!r} matches no version") from None
+
+
+def _invalid(exc: InvalidVendorChange) -> Problem:
+    """A 422 naming the field a vendor or vendor change got wrong."""
+    return Problem(
+        422,
+        "validation-failed",
+        exc.detail,
+        errors=[{"pointer": f"#/{exc.field}", "field": exc.field, "detail": exc.detail}],
+    )
+
+
+def _vendor_response(
+    record: VendorRecord, governance: Governance, status: int = 200
+) -> web.Response:
+    headers = {"ETag": _etag(record.version)}
+    if status == 201:
+        headers["Location"] = f"/v1/vendors/{record.vendor.id}"
+    return json_response(VendorOut.of(record, governance), status=status, headers=headers)
 
 
 @routes.route(
     "POST",
     "/v1/vendors",
-    summary="Register a vendor",
+    summary="Register a vendor (a calendar without a timezone runs in the vendor's)",
     tag="vendors",
     request=Vendor,
-    response=Vendor,
+    response=VendorOut,
     status=201,
     roles=("admin",),
     errors=(400, 401, 403, 409, 422),
 )
 async def create_vendor(request: web.Request) -> web.Response:
     vendor, _ = await read_model(request, Vendor)
-    reference = request.app[REFERENCE]
-    if isinstance(vendor.calendar, str):
-        await reference.refresh()
-        assert reference.governance is not None
-        if vendor.calendar not in reference.governance.calendars:
-            raise Problem(
-                422,
-                "validation-failed",
-                f"calendar {vendor.calendar!r} is not defined in the governance document",
-                errors=[{"pointer": "#/calendar", "field": "calendar", "detail": "unknown"}],
-            )
-    _check_timezone(vendor)
+    pool = request.app[POOL]
+    _, governance = await vendor_store.current_governance(pool)
     try:
-        await vendor_store.insert_vendor(request.app[POOL], vendor)
+        vendor.check(governance)
+    except InvalidVendorChange as exc:
+        raise _invalid(exc) from None
+    try:
+        await vendor_store.insert_vendor(pool, vendor)
     except vendor_store.DuplicateVendor:
         raise Problem(409, "duplicate", f"vendor {vendor.id!r} exists already") from None
-    await reference.refresh()
-    return json_response(vendor, status=201, headers={"Location": f"/v1/vendors/{vendor.id}"})
-
-
-def _check_timezone(vendor: Vendor) -> None:
-    from tierline.domain.calendar import CalendarSpec
-
-    try:
-        CalendarSpec(timezone=vendor.timezone)
-    except ValueError as exc:
-        raise Problem(
-            422,
-            "validation-failed",
-            f"unknown time zone {vendor.timezone!r}",
-            errors=[{"pointer": "#/timezone", "field": "timezone", "detail": str(exc)[:200]}],
-        ) from None
+    await request.app[REFERENCE].refresh()
+    return _vendor_response(VendorRecord(vendor, 1), governance, status=201)
 
 
 @routes.route(
@@ -86,26 +113,68 @@ def _check_timezone(vendor: Vendor) -> None:
 )
 async def list_vendors(request: web.Request) -> web.Response:
     who = principal(request)
-    vendors = await vendor_store.list_vendors(request.app[POOL])
-    visible = [v for v in vendors if who.may_see(v.id)]
+    pool = request.app[POOL]
+    records = await vendor_store.vendor_records(pool)
+    _, governance = await vendor_store.current_governance(pool)
+    visible = [VendorOut.of(r, governance) for r in records if who.may_see(r.vendor.id)]
     return json_response(VendorPage(items=visible))
 
 
 @routes.route(
     "GET",
     "/v1/vendors/{vendor_id}",
-    summary="One vendor",
+    summary="One vendor (ETag: its version)",
     tag="vendors",
-    response=Vendor,
+    response=VendorOut,
     roles=READERS,
     errors=(401, 404),
 )
 async def get_vendor(request: web.Request) -> web.Response:
     vendor_id = request.match_info["vendor_id"]
-    vendor = await vendor_store.get_vendor(request.app[POOL], vendor_id)
-    if vendor is None or not principal(request).may_see(vendor_id):
+    pool = request.app[POOL]
+    record = await vendor_store.vendor_record(pool, vendor_id)
+    if record is None or not principal(request).may_see(vendor_id):
         raise Problem(404, "not-found", "no such vendor")
-    return json_response(vendor)
+    _, governance = await vendor_store.current_governance(pool)
+    return _vendor_response(record, governance)
+
+
+@routes.route(
+    "PATCH",
+    "/v1/vendors/{vendor_id}",
+    summary=(
+        "Change a vendor's name, zone, calendar or holidays (If-Match: its version); running"
+        " SLA clocks of its issues are recomputed, keeping their elapsed business time"
+    ),
+    tag="vendors",
+    request=VendorChange,
+    response=VendorOut,
+    roles=("admin",),
+    errors=(400, 401, 403, 404, 412, 422),
+)
+async def patch_vendor(request: web.Request) -> web.Response:
+    vendor_id = request.match_info["vendor_id"]
+    if_match = _if_match(request)
+    change, _ = await read_model(request, VendorChange)
+    pool = request.app[POOL]
+    service = VendorService(pool, request.app[REFERENCE])
+    try:
+        record = await service.change(vendor_id, change, if_match)
+    except VendorNotFound:
+        raise Problem(404, "not-found", "no such vendor") from None
+    except VendorPreconditionFailed as exc:
+        raise Problem(
+            412,
+            "precondition-failed",
+            f"the vendor is at version {exc.current}",
+            current_version=exc.current,
+        ) from None
+    except InvalidVendorChange as exc:
+        raise _invalid(exc) from None
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
+    _, governance = await vendor_store.current_governance(pool)
+    return _vendor_response(record, governance)
 
 
 async def _governance_body(request: web.Request) -> dict[str, object]:

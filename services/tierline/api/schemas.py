@@ -7,11 +7,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tierline.domain.calendar import CalendarSpec
 from tierline.domain.clocks import ClockKind, ClockState
 from tierline.domain.events import Category, Status
-from tierline.domain.governance import Priority
+from tierline.domain.governance import Governance, Priority
 from tierline.domain.issue import Issue
 from tierline.store.api_keys import ApiKey, Role
+from tierline.store.vendors import VendorRecord
 
 
 class ClockOut(BaseModel):
@@ -129,6 +131,46 @@ class GovernanceOut(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     version: int
+
+
+class VendorOut(BaseModel):
+    """A vendor as the API shows it: what was registered, its version and its effective zone."""
+
+    model_config = ConfigDict(title="VendorOut")
+    id: str
+    name: str
+    timezone: str
+    calendar: str | CalendarSpec | None
+    version: int = Field(
+        description="Starts at 1 and grows with each change; the ETag, and what If-Match names",
+        json_schema_extra={"readOnly": True},
+    )
+    effective_timezone: str = Field(
+        description=(
+            "The zone business hours are counted in: the calendar's own zone, else the vendor's"
+        ),
+        json_schema_extra={"readOnly": True},
+    )
+
+    @classmethod
+    def of(cls, record: VendorRecord, governance: Governance) -> VendorOut:
+        """The resource view of a stored vendor under the governance document in force."""
+        vendor = record.vendor
+        return cls(
+            id=vendor.id,
+            name=vendor.name,
+            timezone=vendor.timezone,
+            calendar=vendor.calendar,
+            version=record.version,
+            effective_timezone=vendor.effective_timezone(governance),
+        )
+
+
+class VendorPage(BaseModel):
+    """Vendors visible to the caller."""
+
+    items: list[VendorOut]
+    next_cursor: str | None = None
 
 
 class Health(BaseModel):

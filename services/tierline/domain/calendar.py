@@ -40,7 +40,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, field_serializer, field_validator
+from pydantic import BaseModel, Field, field_serializer, field_validator
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -96,7 +96,9 @@ class CalendarSpec(BaseModel, frozen=True, extra="forbid"):
     `timezone=None` means "the zone of the vendor using it"; see `in_zone`.
     """
 
-    timezone: str | None = None
+    timezone: str | None = Field(
+        default=None, description="IANA zone; leave it out to use the zone of the vendor"
+    )
     # {"mon": ["09:00", "17:00"]} for one interval, {"mon": [["09:00", "12:00"], ...]} for several;
     # a weekday that is missing has no business hours.
     hours: dict[Weekday, DayHours] | None = None

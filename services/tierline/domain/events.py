@@ -1,4 +1,4 @@
-"""Issue events: one frozen model per type, versioned type names `io.tierline.issue.<name>.v1`."""
+"""Issue events (`io.tierline.issue.<name>.v1`) and governance events, one frozen model per type."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tierline.domain.clocks import Clock, ClockKind
-from tierline.domain.governance import Governance, Priority
+from tierline.domain.governance import Governance, Priority, Vendor
 
 Category = Literal[
     "communication",
@@ -145,6 +145,24 @@ class PolicyChanged(Event):
         return "io.tierline.governance.policy_changed.v1"
 
 
+class VendorChanged(Event):
+    """Recorded on the governance stream when a vendor's name, zone or calendar changes.
+
+    `vendor` is the whole vendor after the change and `vendor_version` its new version (the
+    ETag of `GET /v1/vendors/{id}`); the SLA engine recomputes that vendor's running clocks.
+    """
+
+    name: ClassVar[str] = "vendor_changed"
+    vendor_id: str
+    vendor_version: int = Field(ge=2)
+    vendor: Vendor
+
+    @classmethod
+    def event_type(cls) -> str:
+        """Governance events live under their own type prefix."""
+        return "io.tierline.governance.vendor_changed.v1"
+
+
 ISSUE_EVENT_CLASSES: tuple[type[Event], ...] = (
     Opened,
     Acknowledged,
@@ -161,7 +179,7 @@ ISSUE_EVENT_CLASSES: tuple[type[Event], ...] = (
     SlaWarning,
     SlaBreached,
 )
-_ALL_EVENT_CLASSES: tuple[type[Event], ...] = (*ISSUE_EVENT_CLASSES, PolicyChanged)
+_ALL_EVENT_CLASSES: tuple[type[Event], ...] = (*ISSUE_EVENT_CLASSES, PolicyChanged, VendorChanged)
 EVENT_CLASSES: dict[str, type[Event]] = {cls.event_type(): cls for cls in _ALL_EVENT_CLASSES}
 
 

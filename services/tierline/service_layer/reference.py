@@ -1,4 +1,9 @@
-"""In-process cache of the governance document and vendors, refreshed on a short interval."""
+"""In-process cache of the governance document and vendors, refreshed on a short interval.
+
+Writers in this process refresh it at once after a change; other processes see a change within
+`ttl`, or at once where it matters: the SLA engine asks for the vendor version named by a
+`vendor_changed` event before it recomputes clocks (`ensure_vendor_version`).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ class ReferenceData:
         self.governance_version = 0
         self.governance: Governance | None = None
         self._vendors: dict[str, Vendor] = {}
+        self._vendor_versions: dict[str, int] = {}
         self._calendars: dict[str, BusinessCalendar] = {}
         self._lock = asyncio.Lock()
 
@@ -37,9 +43,11 @@ class ReferenceData:
             async with self._pool.acquire() as own:
                 return await self._load(own)
         version, governance = await vendor_store.current_governance(conn)
-        vendors = await vendor_store.list_vendors(conn)
+        records = await vendor_store.vendor_records(conn)
         self.governance_version, self.governance = version, governance
-        self._vendors = {v.id: v for v in vendors}
+        self._vendors = {r.vendor.id: r.vendor for r in records}
+        self._vendor_versions = {r.vendor.id: r.version for r in records}
+        # Calendars are built from the vendors and the governance document just replaced.
         self._calendars = {}
         self._loaded_at = time.monotonic()
         return None
@@ -59,6 +67,13 @@ class ReferenceData:
         if vendor_id not in self._vendors:
             await self.refresh(conn)
         return self._vendors.get(vendor_id)
+
+    async def ensure_vendor_version(
+        self, vendor_id: str, version: int, conn: Conn | None = None
+    ) -> None:
+        """Reload now unless the cached vendor is at `version` or newer already."""
+        if self._vendor_versions.get(vendor_id, 0) < version:
+            await self.refresh(conn)
 
     async def rules_for(self, vendor_id: str, conn: Conn | None = None) -> Rules | None:
         """Governance plus the vendor's business calendar, or None for an unknown vendor.

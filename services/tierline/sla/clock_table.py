@@ -25,6 +25,7 @@ from tierline.domain.events import (
     PolicyChanged,
     SlaBreached,
     SlaWarning,
+    VendorChanged,
 )
 from tierline.eventlog.cloudevents import LogEvent
 from tierline.service_layer.reference import ReferenceData
@@ -38,6 +39,7 @@ NOTIFY_HORIZON = 1.0
 # Issues whose vendor the consumer remembers (an issue never changes vendor).
 VENDOR_CACHE_SIZE = 100_000
 POLICY_CHANGED_TYPE = PolicyChanged.event_type()
+VENDOR_CHANGED_TYPE = VendorChanged.event_type()
 WARNING_TYPE = SlaWarning.event_type()
 BREACH_TYPE = SlaBreached.event_type()
 ESCALATED_TYPE = Escalated.event_type()
@@ -107,6 +109,26 @@ INSERT INTO sla_recompute (issue_id, policy_version, next_attempt_at)
 SELECT DISTINCT issue_id, $1::int, $2::timestamptz FROM sla_clocks ORDER BY 1
 ON CONFLICT (issue_id) DO UPDATE
     SET policy_version = GREATEST(sla_recompute.policy_version, EXCLUDED.policy_version),
+        next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
+"""
+# Only the vendor's issues with a running clock: the write side's snapshots find those whose
+# clocks this consumer has not stored yet (their events may wait on another partition), the
+# clock table those it has. Paused clocks have no deadline; resuming sets it on the new calendar.
+QUEUE_VENDOR_RECOMPUTE = """
+INSERT INTO sla_recompute (issue_id, policy_version, vendor_version, next_attempt_at)
+SELECT DISTINCT ON (owed.issue_id) owed.issue_id, 0, changed.vendor_version, changed.at
+FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS changed(vendor_id, vendor_version, at)
+CROSS JOIN LATERAL (
+    SELECT s.stream_id AS issue_id FROM streams AS s
+    WHERE s.vendor_id = changed.vendor_id AND s.stream_type = 'issue'
+      AND jsonb_path_exists(s.snapshot, '$.clocks[*] ? (@.state == "running")')
+    UNION
+    SELECT k.issue_id FROM sla_clocks AS k
+    WHERE k.vendor_id = changed.vendor_id AND k.state = 'running'
+) AS owed
+ORDER BY owed.issue_id
+ON CONFLICT (issue_id) DO UPDATE
+    SET vendor_version = GREATEST(sla_recompute.vendor_version, EXCLUDED.vendor_version),
         next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
 """
 
@@ -224,7 +246,7 @@ def _columns(rows: Sequence[ClockRow]) -> list[list[object]]:
 
 
 class ClockTable:
-    """The SLA consumer's `BatchHandler`: clock rows, and recomputes queued on policy changes."""
+    """The SLA consumer's `BatchHandler`: clock rows; recomputes on policy and vendor changes."""
 
     def __init__(self, reference: ReferenceData) -> None:
         self._reference = reference
@@ -249,11 +271,17 @@ class ClockTable:
         """Apply a batch of log events inside the consumer's transaction."""
         latest: dict[str, tuple[int, list[dict[str, Any]], str | None]] = {}
         policy: tuple[int, datetime] | None = None
+        vendors: dict[str, tuple[int, datetime]] = {}
         for event in events:
             if event.type == POLICY_CHANGED_TYPE:
                 version = int(event.data.get("policy_version", 0))
                 if policy is None or policy[0] < version:
                     policy = (version, event.time)
+                continue
+            if event.type == VENDOR_CHANGED_TYPE:
+                vendor_id, version = str(event.data["vendor_id"]), int(event.data["vendor_version"])
+                if vendor_id not in vendors or vendors[vendor_id][0] < version:
+                    vendors[vendor_id] = (version, event.time)
                 continue
             if not event.type.startswith(EVENT_TYPE_PREFIX):
                 continue
@@ -261,6 +289,9 @@ class ClockTable:
             raw = event.data.get("clocks")
             if raw is not None:
                 latest[event.stream_id] = (event.version, raw, event.data.get("vendor_id"))
+        for vendor_id, (version, _) in vendors.items():
+            # Fire times of the clocks stored below are counted on the new calendar.
+            await self._reference.ensure_vendor_version(vendor_id, version, conn)
         if latest:
             states = await self._states(conn, latest)
             stored = await store_clocks(conn, states, self.calendar_for)
@@ -273,6 +304,22 @@ class ClockTable:
             log.info(
                 "sla_recompute_queued", policy_version=policy[0], issues=int(status.split()[-1])
             )
+        if vendors:
+            await self._queue_vendor_recomputes(conn, vendors)
+
+    async def _queue_vendor_recomputes(
+        self, conn: Conn, vendors: dict[str, tuple[int, datetime]]
+    ) -> None:
+        """Queue the running clocks of changed vendors, in the consumer's transaction."""
+        ids = sorted(vendors)
+        status = await conn.execute(
+            QUEUE_VENDOR_RECOMPUTE,
+            ids,
+            [vendors[v][0] for v in ids],
+            [vendors[v][1] for v in ids],
+        )
+        await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+        log.info("sla_vendor_recompute_queued", vendors=ids, issues=int(status.split()[-1]))
 
     async def _states(
         self, conn: Conn, latest: dict[str, tuple[int, list[dict[str, Any]], str | None]]

@@ -79,13 +79,16 @@ WHERE r.ctid = ANY(ARRAY(
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ))
-RETURNING r.issue_id, r.policy_version
+RETURNING r.issue_id, r.policy_version, r.vendor_version,
+    (SELECT s.vendor_id FROM streams AS s WHERE s.stream_id = r.issue_id) AS vendor_id
 """
-# Only the version recomputed: a newer policy change queued meanwhile stays queued.
+# Only the versions recomputed: a newer policy or vendor change queued meanwhile stays queued.
 FINISH_RECOMPUTE = """
 DELETE FROM sla_recompute AS r
-USING unnest($1::text[], $2::int[]) AS done(issue_id, policy_version)
-WHERE r.issue_id = done.issue_id AND r.policy_version <= done.policy_version
+USING unnest($1::text[], $2::int[], $3::int[]) AS done(issue_id, policy_version, vendor_version)
+WHERE r.issue_id = done.issue_id
+  AND r.policy_version <= done.policy_version
+  AND r.vendor_version <= done.vendor_version
 """
 FORGET_ISSUE = "DELETE FROM sla_clocks WHERE issue_id = $1"
 NEAREST = """
@@ -303,7 +306,7 @@ class SlaScanner:
             await self._clock_table.store(conn, states)
 
     async def _recompute_batch(self) -> int:
-        """Send RecomputeSla to a batch of issues queued by a policy change."""
+        """Send RecomputeSla to a batch of issues queued by a policy or vendor change."""
         rows = await self._pool.fetch(
             CLAIM_RECOMPUTE, self._now(), self._batch_size, self._lease, self._max_lease
         )
@@ -312,6 +315,10 @@ class SlaScanner:
         wanted = max(r["policy_version"] for r in rows)
         if self._reference.governance_version < wanted:
             await self._reference.refresh()
+        for row in rows:
+            # Calendars must be at least as new as the vendor change that queued the row.
+            if row["vendor_version"] > 0 and row["vendor_id"] is not None:
+                await self._reference.ensure_vendor_version(row["vendor_id"], row["vendor_version"])
         gate = asyncio.Semaphore(self._concurrency)
 
         async def recompute(issue_id: str) -> tuple[str, Issue | None]:
@@ -320,20 +327,23 @@ class SlaScanner:
 
         answered = await asyncio.gather(*(recompute(r["issue_id"]) for r in rows))
         await self._store([issue for _, issue in answered if issue is not None])
-        versions = {r["issue_id"]: r["policy_version"] for r in rows}
+        versions = {r["issue_id"]: (r["policy_version"], r["vendor_version"]) for r in rows}
         finished = [issue_id for issue_id, issue in answered if issue is not None]
         await self._pool.execute(
-            FINISH_RECOMPUTE, finished, [versions[issue_id] for issue_id in finished]
+            FINISH_RECOMPUTE,
+            finished,
+            [versions[issue_id][0] for issue_id in finished],
+            [versions[issue_id][1] for issue_id in finished],
         )
         log.info("sla_recomputed", count=len(finished), policy_version=wanted)
         return len(rows)
 
     async def recompute(self, issue_id: str) -> Issue | None:
-        """Retarget one issue's live clocks to the policy in force, keeping elapsed time."""
+        """Retarget an issue's live clocks to the policy and calendar in force, keeping elapsed."""
         try:
             _, issue, _ = await self._service.execute(SYSTEM, issue_id, c.RecomputeSla(), _snapshot)
         except IssueNotFound:
-            await self._pool.execute(FINISH_RECOMPUTE, [issue_id], [2**31 - 1])
+            await self._pool.execute(FINISH_RECOMPUTE, [issue_id], [2**31 - 1], [2**31 - 1])
             return None
         except Exception as exc:
             # Left queued: the lease brings it back.

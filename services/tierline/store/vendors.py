@@ -1,13 +1,15 @@
-"""Vendors and the versioned governance document."""
+"""Vendors (versioned) and the versioned governance document."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
-from tierline.domain.events import PolicyChanged
+from tierline.domain.events import PolicyChanged, VendorChanged
 from tierline.domain.governance import DEFAULT_GOVERNANCE, Governance, Vendor
 from tierline.store.event_store import NewEvent, append_events, lock_head
 from tierline.store.pool import Conn
@@ -18,7 +20,14 @@ INSERT_VENDOR = """
 INSERT INTO vendors (id, name, timezone, calendar) VALUES ($1, $2, $3, $4::jsonb)
 ON CONFLICT (id) DO NOTHING RETURNING id
 """
-SELECT_VENDORS = "SELECT id, name, timezone, calendar::text FROM vendors"
+SELECT_VENDORS = "SELECT id, name, timezone, calendar::text, version FROM vendors"
+LOCK_VENDOR = SELECT_VENDORS + " WHERE id = $1 FOR UPDATE"
+# Guarded by the version read under the row lock, so a lost update is impossible either way.
+UPDATE_VENDOR = """
+UPDATE vendors SET name = $2, timezone = $3, calendar = $4::jsonb, version = version + 1
+WHERE id = $1 AND version = $5
+RETURNING version
+"""
 CURRENT_GOVERNANCE = (
     "SELECT version, document::text FROM governance_versions ORDER BY version DESC LIMIT 1"
 )
@@ -29,34 +38,98 @@ class DuplicateVendor(Exception):
     """A vendor with this id exists already."""
 
 
-def _vendor(row: asyncpg.Record) -> Vendor:
-    calendar = json.loads(row[3]) if row[3] is not None else None
-    return Vendor(id=row[0], name=row[1], timezone=row[2], calendar=calendar)
+class VendorVersionConflict(Exception):
+    """The vendor is not at the version the writer read."""
+
+
+@dataclass(frozen=True)
+class VendorRecord:
+    """A stored vendor and its version (1 when registered, +1 per change)."""
+
+    vendor: Vendor
+    version: int
+
+
+def _record(row: asyncpg.Record) -> VendorRecord:
+    calendar = json.loads(row["calendar"]) if row["calendar"] is not None else None
+    vendor = Vendor(id=row["id"], name=row["name"], timezone=row["timezone"], calendar=calendar)
+    return VendorRecord(vendor, row["version"])
+
+
+def _calendar_json(vendor: Vendor) -> str | None:
+    calendar: Any = vendor.model_dump(mode="json")["calendar"]
+    return None if calendar is None else json.dumps(calendar)
 
 
 async def insert_vendor(conn: Conn | asyncpg.Pool, vendor: Vendor) -> None:
-    """Register a vendor; DuplicateVendor when the id is taken."""
-    calendar = vendor.model_dump(mode="json")["calendar"]
+    """Register a vendor at version 1; DuplicateVendor when the id is taken."""
     row = await conn.fetchrow(
-        INSERT_VENDOR,
-        vendor.id,
-        vendor.name,
-        vendor.timezone,
-        None if calendar is None else json.dumps(calendar),
+        INSERT_VENDOR, vendor.id, vendor.name, vendor.timezone, _calendar_json(vendor)
     )
     if row is None:
         raise DuplicateVendor(vendor.id)
 
 
+async def vendor_records(conn: Conn | asyncpg.Pool) -> list[VendorRecord]:
+    """Every vendor with its version, by id."""
+    return [_record(r) for r in await conn.fetch(SELECT_VENDORS + " ORDER BY id")]
+
+
+async def vendor_record(conn: Conn | asyncpg.Pool, vendor_id: str) -> VendorRecord | None:
+    """One vendor with its version, or None."""
+    row = await conn.fetchrow(SELECT_VENDORS + " WHERE id = $1", vendor_id)
+    return None if row is None else _record(row)
+
+
+async def lock_vendor(conn: Conn, vendor_id: str) -> VendorRecord | None:
+    """One vendor, its row locked for this transaction; None when there is no such vendor."""
+    row = await conn.fetchrow(LOCK_VENDOR, vendor_id)
+    return None if row is None else _record(row)
+
+
 async def list_vendors(conn: Conn | asyncpg.Pool) -> list[Vendor]:
     """Every vendor, by id."""
-    return [_vendor(r) for r in await conn.fetch(SELECT_VENDORS + " ORDER BY id")]
+    return [record.vendor for record in await vendor_records(conn)]
 
 
 async def get_vendor(conn: Conn | asyncpg.Pool, vendor_id: str) -> Vendor | None:
     """One vendor or None."""
-    row = await conn.fetchrow(SELECT_VENDORS + " WHERE id = $1", vendor_id)
-    return None if row is None else _vendor(row)
+    record = await vendor_record(conn, vendor_id)
+    return None if record is None else record.vendor
+
+
+async def change_vendor(conn: Conn, vendor: Vendor, expected_version: int, now: datetime) -> int:
+    """Store a changed vendor and record it on the governance stream; returns the new version.
+
+    Call inside a transaction. Raises VendorVersionConflict when the stored vendor is not at
+    `expected_version` any more.
+    """
+    # Appends to the governance stream queue here, as in replace_governance; the vendor row
+    # (locked before, if at all) is never taken after this lock, so there is no lock cycle.
+    head = await lock_head(conn, GOVERNANCE_STREAM)
+    version = await conn.fetchval(
+        UPDATE_VENDOR,
+        vendor.id,
+        vendor.name,
+        vendor.timezone,
+        _calendar_json(vendor),
+        expected_version,
+    )
+    if version is None:
+        raise VendorVersionConflict(vendor.id)
+    event = VendorChanged(vendor_id=vendor.id, vendor_version=version, vendor=vendor)
+    await append_events(
+        conn,
+        stream_id=GOVERNANCE_STREAM,
+        stream_type="governance",
+        vendor_id=None,
+        expected_version=0 if head is None else head[0],
+        events=[NewEvent(event.event_type(), event.model_dump_json())],
+        # The stream's snapshot is the policy version; a vendor change leaves it as it is.
+        snapshot_json=json.dumps({"policy_version": 0}) if head is None else head[1],
+        time=now,
+    )
+    return int(version)
 
 
 async def current_governance(conn: Conn | asyncpg.Pool) -> tuple[int, Governance]:
