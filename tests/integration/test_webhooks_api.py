@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from tests.fixtures.stack import TEST_SECRET_KEY
+from tierline import secretbox
 from tierline.api.app import create_app
 from tierline.config import Settings
 from tierline.store.api_keys import create_api_key
@@ -38,7 +40,13 @@ async def client(database_url: str) -> AsyncIterator[TestClient[Any, Any]]:
         _, key = await create_api_key(pool, name="admin", role="admin")
     finally:
         await pool.close()
-    settings = Settings(database_url=database_url, webhooks_allow_private_targets=False)
+    settings = Settings(
+        database_url=database_url,
+        webhooks_allow_private_targets=False,
+        secret_key=TEST_SECRET_KEY,
+    )
+    # run_roles installs the box for the role; this app is built without it.
+    secretbox.install(secretbox.SecretBox.from_setting(settings.secret_key))
     app = create_app(settings)
     app[RESOLVER] = stub_resolver
     async with TestClient(TestServer(app)) as test_client:

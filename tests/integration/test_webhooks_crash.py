@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp import web
 
-from tests.fixtures.stack import running_stack, stack_settings
+from tests.fixtures.stack import TEST_SECRET_KEY, running_stack, stack_settings
 from tests.integration.test_webhooks import (
     add_vendor,
     eventually,
@@ -91,6 +91,7 @@ def role_env(database_url: str, tansu: str, topic: str) -> Iterator[dict[str, st
         "TIERLINE_WEBHOOKS_RETRY_SCHEDULE": "0.2,0.2,0.2,0.2",
         "TIERLINE_CONSUMER_BATCH_SIZE": "5",
         "TIERLINE_LOG_LEVEL": "INFO",
+        "TIERLINE_SECRET_KEY": TEST_SECRET_KEY,
         "TIERLINE_METRICS_PORT": str(free_port()),
         "PYTHONPATH": os.pathsep.join(sys.path),
     }

@@ -17,6 +17,7 @@ import structlog
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import free_port
+from tierline.devstack.secret_key import dev_secret_key
 from tierline.devstack.tansu import TansuBroker
 from tierline.eventlog.kafka import ensure_topic
 from tierline.logs import configure_logging
@@ -126,6 +127,7 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
         if "TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS" not in os.environ:
             # A laptop's receivers live on loopback; production keeps the SSRF guard on.
             update["webhooks_allow_private_targets"] = True
+        update["secret_key"] = dev_secret_key(settings, data_dir)
         settings = settings.model_copy(update=update)
         await migrate_url(database_url)
         await ensure_topic(broker.bootstrap, settings.kafka_topic, settings.kafka_partitions)

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
+from tierline import secretbox
+from tierline.secretbox import SecretBox, SecretUnreadable
 from tierline.webhooks.retry import DeliveryStatus, Outcome
+from tierline.webhooks.subscriptions import is_plaintext, open_secret, seal_plaintext_secrets
+
+log = structlog.get_logger(__name__)
 
 CHANNEL = "tierline_webhooks"
 
@@ -70,8 +76,9 @@ SET next_attempt_at = now() + make_interval(secs => $5), lease_token = gen_rando
 FROM picked, webhook_subscriptions s, webhook_events e
 WHERE d.id = picked.id AND s.id = d.subscription_id AND e.event_id = d.event_id
 RETURNING d.id, d.lease_token, d.subscription_id, d.event_id, d.failures, s.url, s.secret,
-          CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END, e.body,
-          e.time
+          CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END
+              AS previous_secret,
+          e.body, e.time
 """
 # Seconds until the next delivery falls due (those due already are claimed or waiting for a
 # free slot, which wakes the sender by itself).
@@ -183,8 +190,9 @@ class Claimed:
     event_id: uuid.UUID
     failures: int
     url: str
-    secret: str
-    previous_secret: str | None
+    # Opened (plaintext) secrets: kept out of reprs, which end up in logs and tracebacks.
+    secret: str = field(repr=False)
+    previous_secret: str | None = field(repr=False)
     body: str
     event_time: datetime
 
@@ -274,8 +282,15 @@ async def claim(
     per_subscription: int,
     limit: int,
     lease_seconds: float,
+    box: SecretBox | None = None,
 ) -> list[Claimed]:
-    """Lease due deliveries, respecting each subscription's free slots."""
+    """Lease due deliveries, respecting each subscription's free slots; secrets come opened.
+
+    A delivery whose secret no key opens is logged and left leased: it is due again when the
+    lease runs out, so it is sent once the right key is configured. Meeting a plaintext secret
+    (a row from before encryption at rest) seals every such row.
+    """
+    box = box or secretbox.current()
     rows = await conn.fetch(
         CLAIM,
         list(busy),
@@ -284,7 +299,40 @@ async def claim(
         limit,
         lease_seconds,
     )
-    return [Claimed(*row) for row in rows]
+    claimed: list[Claimed] = []
+    plaintext = False
+    for row in rows:
+        stored, stored_previous = row["secret"], row["previous_secret"]
+        plaintext = plaintext or is_plaintext(stored) or is_plaintext(stored_previous or "")
+        try:
+            secret = open_secret(stored, box)
+            previous = None if stored_previous is None else open_secret(stored_previous, box)
+        except SecretUnreadable:
+            log.error(
+                "webhook_secret_unreadable",
+                webhook_id=str(row["subscription_id"]),
+                delivery_id=str(row["id"]),
+                hint=f"{secretbox.SETTING} lacks the key this secret was sealed with",
+            )
+            continue
+        claimed.append(
+            Claimed(
+                id=row["id"],
+                lease_token=row["lease_token"],
+                subscription_id=row["subscription_id"],
+                event_id=row["event_id"],
+                failures=row["failures"],
+                url=row["url"],
+                secret=secret,
+                previous_secret=previous,
+                body=row["body"],
+                event_time=row["time"],
+            )
+        )
+    if plaintext:
+        sealed = await seal_plaintext_secrets(conn, box)
+        log.info("webhook_secrets_sealed", count=sealed, reason="plaintext met by the sender")
+    return claimed
 
 
 async def seconds_until_next_due(conn: Conn) -> float | None:

@@ -24,6 +24,7 @@ import asyncpg
 import structlog
 from aiohttp.abc import AbstractResolver
 
+from tierline.secretbox import SecretBox
 from tierline.webhooks import metrics
 from tierline.webhooks.deliveries import (
     CHANNEL,
@@ -87,8 +88,11 @@ class Sender:
         resolver: AbstractResolver | None = None,
         clock: Callable[[], datetime] = _utcnow,
         draw: Callable[[], float] = random.random,
+        box: SecretBox | None = None,
     ) -> None:
         self._pool = pool
+        # None: the process's box (tierline.secretbox.current()), installed at role start.
+        self._box = box
         self._database_url = database_url
         self._config = config
         self._resolver = resolver
@@ -144,10 +148,12 @@ class Sender:
             self._session = None
 
     def _new_session(self) -> aiohttp.ClientSession:
-        """One HTTP client for every endpoint; it connects only to addresses that pass the guard."""
-        resolver = self._resolver
-        if not self._config.allow_private:
-            resolver = GuardedResolver(resolver)
+        """One HTTP client for every endpoint; it connects only to addresses that pass the guard.
+
+        The guard stays on when private targets are allowed: it still refuses link-local and
+        cloud metadata addresses, and DNS may answer differently now than at subscription time.
+        """
+        resolver = GuardedResolver(self._resolver, allow_private=self._config.allow_private)
         connector = aiohttp.TCPConnector(
             resolver=resolver, limit=self._config.max_in_flight, limit_per_host=0
         )
@@ -185,6 +191,7 @@ class Sender:
             per_subscription=self._config.per_subscription,
             limit=room,
             lease_seconds=self._config.lease_seconds,
+            box=self._box,
         )
         for delivery in claimed:
             self._busy[delivery.subscription_id] = self._busy.get(delivery.subscription_id, 0) + 1
@@ -292,13 +299,11 @@ class Sender:
 
     def _check_literal_target(self, url: str) -> None:
         """Hosts written as IP addresses skip the resolver, so they are checked here."""
-        if self._config.allow_private:
-            return
         host = parse_target(url).host
         assert host is not None
         address = literal_address(host)
         if address is not None:
-            check_addresses(host, [str(address)])
+            check_addresses(host, [str(address)], allow_private=self._config.allow_private)
 
     async def _flush_loop(self) -> None:
         """Write finished attempts in batches: whatever accumulated while the last batch wrote."""

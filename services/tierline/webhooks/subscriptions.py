@@ -1,4 +1,10 @@
-"""Webhook subscriptions in PostgreSQL: create, read, change, rotate secrets, delete."""
+"""Webhook subscriptions in PostgreSQL: create, read, change, rotate secrets, delete.
+
+Signing secrets are stored sealed (`tierline.secretbox`, docs/adr/0007): this module seals what
+it writes; `open_secret` opens what the sender reads. Rows written before encryption hold
+plaintext `whsec_` values; they are sealed when a role that holds the key starts
+(`seal_plaintext_secrets`) and whenever the sender meets one, and meanwhile still open.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,10 @@ from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from tierline import secretbox
+from tierline.secretbox import SecretBox
+from tierline.webhooks.signing import SECRET_PREFIX
 
 # The previous secret keeps signing this long after a rotation.
 ROTATION_OVERLAP_SECONDS = 24 * 3600.0
@@ -32,6 +42,29 @@ ORDER BY created_at, id
 LIMIT $4
 """
 DELETE_SUBSCRIPTION = "DELETE FROM webhook_subscriptions WHERE id = $1 RETURNING id"
+# Rows still holding a plaintext secret ($1: only this subscription; NULL: all of them).
+PLAINTEXT_SECRETS = r"""
+SELECT id, secret, previous_secret FROM webhook_subscriptions
+WHERE (secret LIKE 'whsec\_%' OR previous_secret LIKE 'whsec\_%')
+  AND ($1::uuid IS NULL OR id = $1)
+"""
+# Every row's secrets in id order after the cursor, for re-sealing under the newest key.
+SECRETS_PAGE = """
+SELECT id, secret, previous_secret FROM webhook_subscriptions
+WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2
+"""
+COUNT_SUBSCRIPTIONS = "SELECT count(*) FROM webhook_subscriptions"
+# Replace secrets only where they are still what was read (compare-and-set): a rotation that
+# committed in between wins, and the next sweep or `secrets rotate` handles what it left.
+RESEAL_SECRETS = """
+UPDATE webhook_subscriptions s
+SET secret = CASE WHEN s.secret = u.old_secret THEN u.new_secret ELSE s.secret END,
+    previous_secret = CASE WHEN s.previous_secret IS NOT DISTINCT FROM u.old_previous
+                           THEN u.new_previous ELSE s.previous_secret END
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+    AS u(id, old_secret, new_secret, old_previous, new_previous)
+WHERE s.id = u.id
+"""
 ROTATE_SECRET = f"""
 UPDATE webhook_subscriptions
 SET previous_secret = secret,
@@ -72,10 +105,24 @@ class Subscription:
 
 
 Conn = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
+# (id, secret, previous secret) as stored.
+StoredSecrets = tuple[uuid.UUID, str, str | None]
 
 
 def _subscription(row: asyncpg.Record) -> Subscription:
     return Subscription(*row)
+
+
+def is_plaintext(stored: str) -> bool:
+    """True for a secret stored before encryption at rest (it is the `whsec_` value itself)."""
+    return stored.startswith(SECRET_PREFIX)
+
+
+def open_secret(stored: str, box: SecretBox | None = None) -> str:
+    """The `whsec_` secret of a stored value (sealed, or plaintext from before encryption)."""
+    if is_plaintext(stored):
+        return stored
+    return (box or secretbox.current()).open(stored)
 
 
 async def insert_subscription(
@@ -86,10 +133,12 @@ async def insert_subscription(
     vendor_id: str | None,
     description: str | None,
     secret: str,
+    box: SecretBox | None = None,
 ) -> Subscription:
-    """Store a new, active subscription."""
+    """Store a new, active subscription; the secret is stored sealed."""
+    sealed = (box or secretbox.current()).seal(secret)
     row = await conn.fetchrow(
-        INSERT_SUBSCRIPTION, uuid.uuid4(), url, event_types, vendor_id, description, secret
+        INSERT_SUBSCRIPTION, uuid.uuid4(), url, event_types, vendor_id, description, sealed
     )
     assert row is not None
     return _subscription(row)
@@ -124,9 +173,13 @@ async def rotate_secret(
     subscription_id: uuid.UUID,
     new_secret: str,
     overlap_seconds: float = ROTATION_OVERLAP_SECONDS,
+    box: SecretBox | None = None,
 ) -> Subscription | None:
     """Replace the secret; the old one keeps signing for `overlap_seconds`."""
-    row = await conn.fetchrow(ROTATE_SECRET, subscription_id, new_secret, overlap_seconds)
+    box = box or secretbox.current()
+    # The current secret becomes the previous one as stored: seal it first if it is plaintext.
+    await seal_plaintext_secrets(conn, box, subscription_id=subscription_id)
+    row = await conn.fetchrow(ROTATE_SECRET, subscription_id, box.seal(new_secret), overlap_seconds)
     return None if row is None else _subscription(row)
 
 
@@ -144,3 +197,77 @@ async def update_subscription(
         changes.get("active"),
     )
     return None if row is None else _subscription(row)
+
+
+async def _write_resealed(
+    conn: Conn, rows: list[StoredSecrets], resealed: list[tuple[str, str | None]]
+) -> None:
+    if rows:
+        await conn.execute(
+            RESEAL_SECRETS,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [n[0] for n in resealed],
+            [r[2] for r in rows],
+            [n[1] for n in resealed],
+        )
+
+
+async def seal_plaintext_secrets(
+    conn: Conn, box: SecretBox | None = None, *, subscription_id: uuid.UUID | None = None
+) -> int:
+    """Seal every secret still stored as plaintext (or only this subscription's); how many rows."""
+    box = box or secretbox.current()
+    rows = _stored_secrets(await conn.fetch(PLAINTEXT_SECRETS, subscription_id))
+    # Values sealed already are left as they are (even under a key this box lacks).
+    resealed = [
+        (_seal_plaintext(box, secret), None if previous is None else _seal_plaintext(box, previous))
+        for _, secret, previous in rows
+    ]
+    await _write_resealed(conn, rows, resealed)
+    return len(rows)
+
+
+def _stored_secrets(records: list[asyncpg.Record]) -> list[StoredSecrets]:
+    return [(r["id"], r["secret"], r["previous_secret"]) for r in records]
+
+
+def _seal_plaintext(box: SecretBox, stored: str) -> str:
+    return box.seal(stored) if is_plaintext(stored) else stored
+
+
+def _sealed(box: SecretBox, stored: str) -> str:
+    """A stored value sealed under the newest key, whether it was plaintext or sealed."""
+    return box.seal(stored) if is_plaintext(stored) else box.reseal(stored)
+
+
+async def count_subscriptions(conn: Conn) -> int:
+    """How many subscriptions there are (the size of a re-seal)."""
+    return int(await conn.fetchval(COUNT_SUBSCRIPTIONS))
+
+
+async def reseal_secrets_page(
+    conn: Conn, box: SecretBox, *, after: uuid.UUID | None, limit: int
+) -> tuple[int, uuid.UUID | None, list[uuid.UUID]]:
+    """Re-seal one page of subscriptions under the newest key (plaintext ones too).
+
+    Returns how many rows the page held, the cursor for the next page (None at the end) and the
+    subscriptions whose secrets no key opens (left as they are).
+    """
+    rows = _stored_secrets(await conn.fetch(SECRETS_PAGE, after, limit))
+    done: list[StoredSecrets] = []
+    resealed: list[tuple[str, str | None]] = []
+    unreadable: list[uuid.UUID] = []
+    for row in rows:
+        sub_id, secret, previous = row
+        try:
+            resealed.append(
+                (_sealed(box, secret), None if previous is None else _sealed(box, previous))
+            )
+        except secretbox.SecretUnreadable:
+            unreadable.append(sub_id)
+            continue
+        done.append(row)
+    await _write_resealed(conn, done, resealed)
+    cursor = rows[-1][0] if len(rows) == limit else None
+    return len(rows), cursor, unreadable

@@ -4,7 +4,7 @@
 -- (and by the sender when it meets one); `tierline secrets rotate` re-seals every row.
 
 COMMENT ON COLUMN webhook_subscriptions.secret IS
-    'Fernet token of the whsec_ signing secret, sealed with the first key of TIERLINE_SECRET_KEY '
-    '(a plaintext whsec_ value only until a role holding the key starts)';
+    'Fernet token of the signing secret, sealed with the first key of TIERLINE_SECRET_KEY '
+    '(plaintext only until a role holding the key starts)';
 COMMENT ON COLUMN webhook_subscriptions.previous_secret IS
     'Fernet token of the secret before the last rotation; signs until previous_secret_expires_at';
