@@ -48,6 +48,7 @@ from tierline.domain.commands import OpenIssue
 from tierline.domain.governance import Vendor
 from tierline.eventlog.kafka import ensure_topic
 from tierline.logs import configure_logging
+from tierline.secretbox import SecretBox, generate_key
 from tierline.service_layer.issues import SYSTEM, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.migrate import migrate_url
@@ -143,8 +144,11 @@ async def infrastructure(workdir: Path) -> AsyncIterator[tuple[str, str]]:
         await asyncio.to_thread(postgres.stop)
 
 
-async def prepare(database_url: str, bootstrap: str, subscriptions: int, port: int) -> None:
-    """Schema, topic, one vendor and the subscriptions."""
+async def prepare(
+    database_url: str, bootstrap: str, subscriptions: int, port: int, secret_key: str
+) -> None:
+    """Schema, topic, one vendor and the subscriptions (secrets sealed as the API does)."""
+    box = SecretBox.from_setting(secret_key)
     await migrate_url(database_url)
     await ensure_topic(bootstrap, "tierline.issue-events.v1", 12)
     pool = await create_pool(database_url, min_size=1, max_size=2)
@@ -158,6 +162,7 @@ async def prepare(database_url: str, bootstrap: str, subscriptions: int, port: i
                 vendor_id=None,
                 description=f"bench {n}",
                 secret=new_secret(),
+                box=box,
             )
     finally:
         await pool.close()
@@ -222,9 +227,11 @@ async def run(args: argparse.Namespace, processes: int) -> dict[str, Any]:
     receiver = f"http://127.0.0.1:{port}"
     async with infrastructure(workdir) as (admin_dsn, bootstrap):
         database_url = admin_dsn
-        await prepare(database_url, bootstrap, args.subscriptions, port)
+        secret_key = generate_key()
+        await prepare(database_url, bootstrap, args.subscriptions, port, secret_key)
         env = {
             **os.environ,
+            "TIERLINE_SECRET_KEY": secret_key,
             "TIERLINE_DATABASE_URL": database_url,
             "TIERLINE_KAFKA_BOOTSTRAP": bootstrap,
             "TIERLINE_KAFKA_IDEMPOTENCE": "false",

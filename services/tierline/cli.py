@@ -16,6 +16,7 @@ import asyncpg
 
 from tierline.config import Settings
 from tierline.logs import configure_logging
+from tierline.secrets_command import add_secrets_parser, run_secrets
 
 ROLE_HELP = {
     "api": "serve the HTTP API",
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("--vendor", default=None, help="vendor id (required for role vendor)")
     create.add_argument("--name", default="cli", help="a label for the key")
+    add_secrets_parser(sub)
     return parser
 
 
@@ -169,6 +171,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return await _create_key(settings, args)
     if args.command == "replay":
         return await _replay(settings, args)
+    if args.command == "secrets":
+        return await run_secrets(settings, args)
     raise AssertionError(args.command)
 
 

@@ -12,6 +12,8 @@ from tierline.api.keys import KEY_CACHE, POOL, REFERENCE
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     RouteTable,
+    etag,
+    if_match_version,
     json_response,
     principal,
     read_model,
@@ -22,6 +24,7 @@ from tierline.api.schemas import (
     ApiKeyPage,
     CreateApiKey,
     GovernanceOut,
+    GovernanceUpdate,
     VendorOut,
     VendorPage,
 )
@@ -40,22 +43,6 @@ routes = RouteTable()
 READERS = ("admin", "integration", "vendor", "viewer")
 
 
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
-def _if_match(request: web.Request) -> int | None:
-    """The vendor version `If-Match` names (None for none or `*`), as for issues."""
-    raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
-        return None
-    tag = raw.strip().removeprefix("W/").strip('"')
-    try:
-        return int(tag)
-    except ValueError:
-        raise Problem(412, "precondition-failed", f"If-Match {raw!r} matches no version") from None
-
-
 def _invalid(exc: InvalidVendorChange) -> Problem:
     """A 422 naming the field a vendor or vendor change got wrong."""
     return Problem(
@@ -69,7 +56,7 @@ def _invalid(exc: InvalidVendorChange) -> Problem:
 def _vendor_response(
     record: VendorRecord, governance: Governance, status: int = 200
 ) -> web.Response:
-    headers = {"ETag": _etag(record.version)}
+    headers = {"ETag": etag(record.version)}
     if status == 201:
         headers["Location"] = f"/v1/vendors/{record.vendor.id}"
     return json_response(VendorOut.of(record, governance), status=status, headers=headers)
@@ -84,7 +71,8 @@ def _vendor_response(
     response=VendorOut,
     status=201,
     roles=("admin",),
-    errors=(400, 401, 403, 409, 422),
+    errors=(409, 422),
+    headers=("ETag", "Location"),
 )
 async def create_vendor(request: web.Request) -> web.Response:
     vendor, _ = await read_model(request, Vendor)
@@ -127,7 +115,8 @@ async def list_vendors(request: web.Request) -> web.Response:
     tag="vendors",
     response=VendorOut,
     roles=READERS,
-    errors=(401, 404),
+    errors=(404,),
+    headers=("ETag",),
 )
 async def get_vendor(request: web.Request) -> web.Response:
     vendor_id = request.match_info["vendor_id"]
@@ -150,11 +139,13 @@ async def get_vendor(request: web.Request) -> web.Response:
     request=VendorChange,
     response=VendorOut,
     roles=("admin",),
-    errors=(400, 401, 403, 404, 412, 422),
+    errors=(404, 412, 422),
+    if_match=True,
+    headers=("ETag",),
 )
 async def patch_vendor(request: web.Request) -> web.Response:
     vendor_id = request.match_info["vendor_id"]
-    if_match = _if_match(request)
+    if_match = if_match_version(request)
     change, _ = await read_model(request, VendorChange)
     pool = request.app[POOL]
     service = VendorService(pool, request.app[REFERENCE])
@@ -177,9 +168,10 @@ async def patch_vendor(request: web.Request) -> web.Response:
     return _vendor_response(record, governance)
 
 
-async def _governance_body(request: web.Request) -> dict[str, object]:
+async def _governance_response(request: web.Request) -> web.Response:
     version, governance = await vendor_store.current_governance(request.app[POOL])
-    return {"version": version, **governance.model_dump(mode="json")}
+    body = GovernanceOut(version=version, **governance.model_dump())
+    return json_response(body, headers={"ETag": etag(version)})
 
 
 @routes.route(
@@ -189,24 +181,55 @@ async def _governance_body(request: web.Request) -> dict[str, object]:
     tag="governance",
     response=GovernanceOut,
     roles=READERS,
-    errors=(401,),
+    headers=("ETag",),
 )
 async def get_governance(request: web.Request) -> web.Response:
-    return json_response(await _governance_body(request))
+    return await _governance_response(request)
 
 
 @routes.route(
     "PUT",
     "/v1/governance",
-    summary="Replace the governance document (records a policy-changed event)",
+    summary=(
+        "Replace the governance document (records a policy-changed event); what GET returns"
+        " is accepted as it is, and If-Match or its `version` guard against lost updates"
+    ),
     tag="governance",
-    request=Governance,
+    request=GovernanceUpdate,
     response=GovernanceOut,
     roles=("admin",),
-    errors=(400, 401, 403, 422),
+    if_match=True,
+    headers=("ETag",),
 )
 async def put_governance(request: web.Request) -> web.Response:
-    governance, _ = await read_model(request, Governance)
+    update, _ = await read_model(request, GovernanceUpdate)
+    expected = if_match_version(request)
+    if update.version is not None:
+        if expected is not None and expected != update.version:
+            raise Problem(
+                412, "precondition-failed", "If-Match and version name different versions"
+            )
+        expected = update.version
+    governance = Governance(**update.model_dump(exclude={"version"}))
+    _check_calendars(governance)
+    try:
+        async with request.app[POOL].acquire() as conn:
+            await vendor_store.replace_governance(
+                conn, governance, datetime.now(UTC), expected_version=expected
+            )
+    except vendor_store.GovernanceMoved as exc:
+        raise Problem(
+            412,
+            "precondition-failed",
+            f"the governance document is at version {exc.current}",
+            current_version=exc.current,
+        ) from None
+    await request.app[REFERENCE].refresh()
+    return await _governance_response(request)
+
+
+def _check_calendars(governance: Governance) -> None:
+    """Every named calendar can run a clock (a 422 naming the one that cannot)."""
     for name, spec in governance.calendars.items():
         try:
             BusinessCalendar(spec).add(datetime(2026, 1, 1, tzinfo=UTC), 1)
@@ -223,10 +246,6 @@ async def put_governance(request: web.Request) -> web.Response:
                     }
                 ],
             ) from None
-    async with request.app[POOL].acquire() as conn:
-        await vendor_store.replace_governance(conn, governance, datetime.now(UTC))
-    await request.app[REFERENCE].refresh()
-    return json_response(await _governance_body(request))
 
 
 @routes.route(

@@ -12,6 +12,7 @@ from importlib.metadata import version as dist_version
 import asyncpg
 import structlog
 from aiohttp import web
+from aiohttp.web_urldispatcher import MatchInfoError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
 from tierline.api import admin, issues
@@ -148,7 +149,6 @@ async def context_middleware(request: web.Request, handler: Handler) -> web.Stre
 
 async def _with_problems(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
-        check_request(request)
         return await handler(request)
     except Problem as p:
         return problem_response(p.status, p.kind, p.detail, request.path, p.extra, p.headers)
@@ -196,32 +196,49 @@ def _dependency_down(exc: BaseException) -> bool:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Resolve `Authorization: Bearer` to a principal; unknown or revoked keys are 401."""
+    """Authenticate first (401), then check the input (hardening), then the key's rate limit.
+
+    Authentication comes before any other check, so a caller without a valid key learns
+    nothing about what else is wrong with its request. Unmatched paths are 404/405 for all.
+    """
+    match_info = request.match_info
+    public = getattr(match_info.handler, "tierline_public", False) or isinstance(
+        match_info, MatchInfoError
+    )
+    if public:
+        check_request(request)
+        return await handler(request)
     header = request.headers.get("Authorization")
-    public = getattr(request.match_info.handler, "tierline_public", False)
-    if header is not None and not public:
-        scheme, _, key = header.partition(" ")
-        if scheme.lower() != "bearer" or not key.strip():
-            raise Problem(401, "unauthenticated", "use Authorization: Bearer <api key>")
-        found = await request.app[KEY_CACHE].find(key.strip())
-        if found is None:
-            raise Problem(401, "unauthenticated", "unknown or revoked API key")
-        request[PRINCIPAL_KEY] = Principal(str(found.id), found.role, found.vendor_id)
-        limiter = request.app[RATE_LIMITER]
-        if limiter.enabled:
-            decision = limiter.take(str(found.id))
-            if not decision.allowed:
-                raise Problem(
-                    429,
-                    "rate-limited",
-                    f"this key may make {limiter.rate:g} requests per second "
-                    f"(bursts of {limiter.burst}); retry after {decision.reset_seconds}s",
-                    headers=decision.headers,
-                )
-            response = await handler(request)
-            response.headers.update(decision.headers)
-            return response
-    return await handler(request)
+    if header is None:
+        raise Problem(401, "unauthenticated", "send Authorization: Bearer <api key>")
+    scheme, _, key = header.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise Problem(401, "unauthenticated", "use Authorization: Bearer <api key>")
+    found = await request.app[KEY_CACHE].find(key.strip())
+    if found is None:
+        raise Problem(401, "unauthenticated", "unknown or revoked API key")
+    request[PRINCIPAL_KEY] = Principal(str(found.id), found.role, found.vendor_id)
+    limiter = request.app[RATE_LIMITER]
+    if not limiter.enabled:
+        check_request(request)
+        return await handler(request)
+    decision = limiter.take(str(found.id))
+    if not decision.allowed:
+        raise Problem(
+            429,
+            "rate-limited",
+            f"this key may make {limiter.rate:g} requests per second "
+            f"(bursts of {limiter.burst}); retry after {decision.reset_seconds}s",
+            headers=decision.headers,
+        )
+    try:
+        check_request(request)
+        response = await handler(request)
+    except Problem as problem:
+        problem.headers = {**decision.headers, **problem.headers}
+        raise
+    response.headers.update(decision.headers)
+    return response
 
 
 def create_app(settings: Settings, *, kafka_bootstrap: str | None = None) -> web.Application:

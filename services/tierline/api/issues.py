@@ -8,6 +8,8 @@ from tierline.api.keys import ISSUES, POOL
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     RouteTable,
+    etag,
+    if_match_version,
     json_response,
     principal,
     read_model,
@@ -33,17 +35,13 @@ WRITERS = ("admin", "integration", "vendor")
 TRACEPARENT_KEY = web.RequestKey("traceparent", str)
 
 
-def _etag(version: int) -> str:
-    return f'"{version}"'
-
-
 def _render_open(issue: Issue, created: bool) -> Response:
-    headers = {"ETag": _etag(issue.version), "Location": f"/v1/issues/{issue.id}"}
+    headers = {"ETag": etag(issue.version), "Location": f"/v1/issues/{issue.id}"}
     return (201 if created else 200), IssueOut.of(issue).model_dump(mode="json"), headers
 
 
 def _render_command(issue: Issue, created: bool) -> Response:
-    return 200, IssueOut.of(issue).model_dump(mode="json"), {"ETag": _etag(issue.version)}
+    return 200, IssueOut.of(issue).model_dump(mode="json"), {"ETag": etag(issue.version)}
 
 
 def _idempotency(request: web.Request, payload: object) -> IdempotencyRequest | None:
@@ -53,17 +51,6 @@ def _idempotency(request: web.Request, payload: object) -> IdempotencyRequest | 
     if not 1 <= len(key) <= 255:
         raise Problem(400, "malformed-request", "Idempotency-Key must be 1..255 characters")
     return IdempotencyRequest(key=key, request_hash=request_hash(request, payload))
-
-
-def _if_match(request: web.Request) -> int | None:
-    raw = request.headers.get("If-Match")
-    if raw is None or raw.strip() == "*":
-        return None
-    tag = raw.strip().removeprefix("W/").strip('"')
-    try:
-        return int(tag)
-    except ValueError:
-        raise Problem(412, "precondition-failed", f"If-Match {raw!r} matches no version") from None
 
 
 def _answer(response: Response) -> web.Response:
@@ -83,7 +70,10 @@ def _answer(response: Response) -> web.Response:
     response=IssueOut,
     status=201,
     roles=WRITERS,
-    errors=(400, 401, 403, 409, 415, 422),
+    errors=(409, 422),
+    idempotent=True,
+    headers=("ETag", "Location"),
+    also={200: "The external_ref is known for this vendor: the existing issue"},
 )
 async def open_issue(request: web.Request) -> web.Response:
     command, payload = await read_model(request, c.OpenIssue)
@@ -124,14 +114,15 @@ async def open_issue(request: web.Request) -> web.Response:
     summary="The current issue (read-your-writes, from the write side)",
     tag="issues",
     response=IssueOut,
-    errors=(401, 404),
+    errors=(404,),
+    headers=("ETag",),
 )
 async def get_issue(request: web.Request) -> web.Response:
     try:
         issue = await request.app[ISSUES].get(principal(request), request.match_info["issue_id"])
     except IssueNotFound:
         raise Problem(404, "not-found", "no such issue") from None
-    return json_response(IssueOut.of(issue), headers={"ETag": _etag(issue.version)})
+    return json_response(IssueOut.of(issue), headers={"ETag": etag(issue.version)})
 
 
 @routes.route(
@@ -161,7 +152,7 @@ def _command_handler(model: type[c.Command]) -> None:
                 request.match_info["issue_id"],
                 command,
                 _render_command,
-                if_match=_if_match(request),
+                if_match=if_match_version(request),
                 idem=_idempotency(request, payload),
                 traceparent=request.get(TRACEPARENT_KEY),
             )
@@ -191,7 +182,10 @@ def _command_handler(model: type[c.Command]) -> None:
         request=model,
         response=IssueOut,
         roles=WRITERS,
-        errors=(400, 401, 403, 404, 409, 412, 415, 422),
+        errors=(404, 409, 412, 422),
+        idempotent=True,
+        if_match=True,
+        headers=("ETag",),
     )(handle)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -19,6 +20,27 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
 
 PRINCIPAL_KEY = web.RequestKey("principal", Principal)
+# One strong or weak entity tag holding a version number.
+# Quotes are optional: `If-Match: 3` is read as `"3"`, a common slip worth forgiving.
+ETAG = re.compile(r'(?:W/)?"?([0-9]{1,18})"?')
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query parameter as OpenAPI shows it: JSON Schema, and `explode=False` for a, b lists."""
+
+    description: str
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+
+    @property
+    def comma_separated(self) -> bool:
+        """Arrays are sent as one comma-separated value (`form` style, not exploded)."""
+        return self.schema.get("type") == "array"
+
+
+def query_spec(value: str | Query) -> Query:
+    """A route's query declaration, where a plain string is a described string parameter."""
+    return value if isinstance(value, Query) else Query(value)
 
 
 @dataclass(frozen=True)
@@ -35,8 +57,15 @@ class Operation:
     status: int = 200
     roles: frozenset[str] | None = None
     public: bool = False
-    query: dict[str, str] = field(default_factory=dict)
+    query: dict[str, str | Query] = field(default_factory=dict)
     errors: tuple[int, ...] = ()
+    # Honours `Idempotency-Key` / `If-Match`; both are documented where they are honoured.
+    idempotent: bool = False
+    if_match: bool = False
+    # Response headers of the success answer besides the rate-limit ones (ETag, Location).
+    headers: tuple[str, ...] = ()
+    # Other success statuses with the same body, and what each means.
+    also: dict[int, str] = field(default_factory=dict)
 
 
 class RouteTable:
@@ -57,8 +86,12 @@ class RouteTable:
         status: int = 200,
         roles: tuple[str, ...] | None = None,
         public: bool = False,
-        query: dict[str, str] | None = None,
+        query: dict[str, str | Query] | None = None,
         errors: tuple[int, ...] = (),
+        idempotent: bool = False,
+        if_match: bool = False,
+        headers: tuple[str, ...] = (),
+        also: dict[int, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register a handler; non-public ones get the role check."""
 
@@ -88,6 +121,10 @@ class RouteTable:
                     public,
                     query or {},
                     errors,
+                    idempotent,
+                    if_match,
+                    headers,
+                    also or {},
                 )
             )
             return guarded
@@ -143,9 +180,19 @@ def parse_model(model: type[M], payload: Any) -> M:
 
 
 async def read_model(request: web.Request, model: type[M]) -> tuple[M, Any]:
-    """The body validated against `model`, and the raw JSON (for idempotency hashing)."""
-    payload = await read_json(request)
-    return parse_model(model, payload), payload
+    """The body validated against `model`, and the raw JSON (for idempotency hashing).
+
+    Validation is pydantic's strict JSON mode: what the OpenAPI schema says is what passes.
+    A "2" is not a tier and `true` is not a version, though dates and durations are strings.
+    """
+    raw = await request.read()
+    payload = parse_json(raw) if raw else {}
+    if not isinstance(payload, dict):
+        raise Problem(422, "validation-failed", "the body must be a JSON object", errors=[])
+    try:
+        return model.model_validate_json(raw or b"{}", strict=True), payload
+    except ValidationError as exc:
+        raise validation_problem(exc) from None
 
 
 def request_hash(request: web.Request, payload: Any) -> str:
@@ -188,3 +235,24 @@ def dump(model: BaseModel) -> dict[str, Any]:
     """A model as JSON-ready data."""
     data: dict[str, Any] = model.model_dump(mode="json")
     return data
+
+
+def if_match_version(request: web.Request) -> int | None:
+    """The version an `If-Match: "<n>"` names (None for none or `*`); 400 if it is no ETag."""
+    raw = request.headers.get("If-Match")
+    if raw is None or raw.strip() == "*":
+        return None
+    match = ETAG.fullmatch(raw.strip())
+    if match is None:
+        raise Problem(
+            400,
+            "malformed-request",
+            'If-Match must be one ETag such as "3" (or *)',
+            errors=[{"pointer": "#/headers/If-Match", "detail": "not an ETag"}],
+        )
+    return int(match.group(1))
+
+
+def etag(version: int) -> str:
+    """The strong ETag of a version."""
+    return f'"{version}"'

@@ -126,11 +126,19 @@ class ApiKeyPage(BaseModel):
     next_cursor: str | None = None
 
 
-class GovernanceOut(BaseModel):
-    """The governance document with its version."""
+class GovernanceOut(Governance):
+    """The governance document with its version (also its ETag)."""
 
-    model_config = ConfigDict(extra="allow")
     version: int
+
+
+class GovernanceUpdate(Governance):
+    """A new governance document; what `GET /v1/governance` returns is accepted as it is."""
+
+    version: int | None = Field(
+        default=None,
+        description="read-only: when sent, it must be the current version, as If-Match",
+    )
 
 
 class VendorOut(BaseModel):

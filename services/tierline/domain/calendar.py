@@ -37,10 +37,10 @@ import math
 import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, Field, field_serializer, field_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_serializer, field_validator
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -90,6 +90,18 @@ def known_zone(value: str) -> str:
     return value
 
 
+def _calendar_date(value: Any) -> Any:
+    """A holiday is a calendar date ("2026-12-25"), never a number read as a timestamp."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise ValueError("a holiday is a date as YYYY-MM-DD")
+    return value
+
+
+Holiday = Annotated[date, BeforeValidator(_calendar_date)]
+# Ten years of every day: far more than any contract lists, small enough to bound a request.
+MAX_HOLIDAYS = 3660
+
+
 class CalendarSpec(BaseModel, frozen=True, extra="forbid"):
     """A business calendar as the API shows it; `hours=None` means 24x7.
 
@@ -102,7 +114,7 @@ class CalendarSpec(BaseModel, frozen=True, extra="forbid"):
     # {"mon": ["09:00", "17:00"]} for one interval, {"mon": [["09:00", "12:00"], ...]} for several;
     # a weekday that is missing has no business hours.
     hours: dict[Weekday, DayHours] | None = None
-    holidays: list[date] = []
+    holidays: list[Holiday] = Field(default=[], max_length=MAX_HOLIDAYS)
 
     @field_validator("timezone")
     @classmethod

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Any, Literal, cast
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
-from tierline.domain.calendar import CalendarSpec, known_zone
+from tierline.domain.calendar import MAX_HOLIDAYS, CalendarSpec, Holiday, known_zone
 
 Priority = Literal["P1", "P2", "P3", "P4"]
 PRIORITIES: tuple[Priority, ...] = ("P1", "P2", "P3", "P4")
@@ -20,6 +27,24 @@ class Tier(BaseModel):
     level: int = Field(ge=1, le=10)
     name: str = Field(min_length=1, max_length=100)
     owner: str = Field(default="", max_length=200)
+
+
+MAX_TARGET = timedelta(days=3650)
+
+
+def rfc3339_duration(value: timedelta) -> str:
+    """A non-negative timedelta as an RFC 3339 (ISO 8601) duration in days and time."""
+    micros = value // timedelta(microseconds=1)
+    days, rest = divmod(micros, 86_400_000_000)
+    hours, rest = divmod(rest, 3_600_000_000)
+    minutes, rest = divmod(rest, 60_000_000)
+    seconds, fraction = divmod(rest, 1_000_000)
+    clock = "".join(f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M")) if n)
+    if seconds or fraction:
+        clock += f"{seconds}.{fraction:06d}".rstrip("0").rstrip(".") + "S"
+    if not days and not clock:
+        return "PT0S"
+    return "P" + (f"{days}D" if days else "") + (f"T{clock}" if clock else "")
 
 
 class SlaPolicy(BaseModel):
@@ -36,10 +61,17 @@ class SlaPolicy(BaseModel):
     @field_validator("respond_within", "resolve_within")
     @classmethod
     def _positive(cls, value: timedelta) -> timedelta:
-        """A target of zero or less would breach at once."""
+        """A target of zero or less would breach at once; one over ten years is a typo."""
         if value.total_seconds() <= 0:
             raise ValueError("must be a positive duration")
+        if value > MAX_TARGET:
+            raise ValueError("must be at most 3650 days")
         return value
+
+    @field_serializer("respond_within", "resolve_within")
+    def _rfc3339_duration(self, value: timedelta) -> str:
+        """Days, hours, minutes, seconds (`P2DT3H`): RFC 3339 durations have no 365-day year."""
+        return rfc3339_duration(value)
 
     @field_validator("warn_at")
     @classmethod
@@ -193,7 +225,7 @@ class VendorChange(BaseModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
     timezone: str | None = None
     calendar: str | CalendarSpec | None = None
-    holidays: list[date] | None = Field(default=None, max_length=1000)
+    holidays: list[Holiday] | None = Field(default=None, max_length=MAX_HOLIDAYS)
 
     @field_validator("name", "timezone", "holidays", mode="before")
     @classmethod

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from tierline.api.keys import POOL
 from tierline.api.problems import Problem
-from tierline.api.registry import RouteTable, json_response, principal, query_int
+from tierline.api.registry import Query, RouteTable, json_response, principal, query_int
 from tierline.domain.clocks import ClockKind, ClockState
 from tierline.domain.events import Category, Status
 from tierline.domain.governance import PRIORITIES, Priority
@@ -31,20 +31,36 @@ MAX_LIMIT = 500
 DEFAULT_SCORECARD_DAYS = 30
 MAX_SCORECARD_DAYS = 3660
 
-LIST_QUERY = {
-    "vendor_id": "only these vendors (comma-separated)",
-    "status": "only these statuses (comma-separated): open, acknowledged, on_hold, resolved, "
-    "closed",
-    "tier": "only these tiers (comma-separated integers)",
-    "priority": "only these priorities (comma-separated): P1..P4",
-    "category": "only these categories (comma-separated)",
-    "breached": "true: only issues that ever breached an SLA; false: only those that never did",
-    "limit": f"page size, 1..{MAX_LIMIT} (default {DEFAULT_LIMIT})",
-    "cursor": "next_cursor of the previous page",
+
+def _list_of(description: str, items: dict[str, Any]) -> Query:
+    """A comma-separated list parameter (`?status=open,acknowledged`)."""
+    return Query(description, {"type": "array", "items": items, "minItems": 1})
+
+
+LIST_QUERY: dict[str, str | Query] = {
+    "vendor_id": _list_of("only these vendors", {"type": "string"}),
+    "status": _list_of("only these statuses", {"type": "string", "enum": list(get_args(Status))}),
+    "tier": _list_of("only these tiers", {"type": "integer", "minimum": 1, "maximum": 10}),
+    "priority": _list_of("only these priorities", {"type": "string", "enum": list(PRIORITIES)}),
+    "category": _list_of(
+        "only these categories", {"type": "string", "enum": list(get_args(Category))}
+    ),
+    "breached": Query(
+        "true: only issues that ever breached an SLA; false: only those that never did",
+        {"type": "boolean"},
+    ),
+    "limit": Query(
+        "page size",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+    ),
+    "cursor": "next_cursor of the previous page (for the same filters)",
 }
-SCORECARD_QUERY = {
-    "from": "first UTC day (YYYY-MM-DD or an RFC 3339 time); default: 29 days before `to`",
-    "to": "last UTC day, inclusive (YYYY-MM-DD or an RFC 3339 time); default: today",
+_DAY = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
+SCORECARD_QUERY: dict[str, str | Query] = {
+    "from": Query(
+        "first UTC day (YYYY-MM-DD or an RFC 3339 time); default: 29 days before `to`", _DAY
+    ),
+    "to": Query("last UTC day, inclusive (YYYY-MM-DD or an RFC 3339 time); default: today", _DAY),
 }
 
 
@@ -147,9 +163,12 @@ def _values(
     request: web.Request, name: str, allowed: tuple[str, ...] | None
 ) -> tuple[str, ...] | None:
     raw = request.query.get(name)
-    if raw is None or not raw.strip():
+    if raw is None:
         return None
-    values = tuple(dict.fromkeys(v.strip() for v in raw.split(",") if v.strip()))
+    parts = [v.strip() for v in raw.split(",")]
+    if not all(parts):
+        raise _query_problem(name, "give comma-separated values without empty ones")
+    values = tuple(dict.fromkeys(parts))
     bad = [v for v in values if allowed is not None and v not in allowed]
     if bad:
         raise _query_problem(
@@ -178,7 +197,7 @@ def _tiers(request: web.Request) -> tuple[int, ...] | None:
 
 def _breached(request: web.Request) -> bool | None:
     raw = request.query.get("breached")
-    if raw is None or raw == "":
+    if raw is None:
         return None
     if raw.lower() in ("true", "1", "yes"):
         return True
@@ -262,7 +281,7 @@ async def list_issues(request: web.Request) -> web.Response:
 
 def _day(request: web.Request, name: str) -> date | None:
     raw = request.query.get(name)
-    if raw is None or raw == "":
+    if raw is None:
         return None
     try:
         if len(raw) == 10:

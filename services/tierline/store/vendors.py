@@ -140,12 +140,28 @@ async def current_governance(conn: Conn | asyncpg.Pool) -> tuple[int, Governance
     return row[0], Governance.model_validate_json(row[1])
 
 
-async def replace_governance(conn: Conn, governance: Governance, now: datetime) -> int:
-    """Store a new governance version and record it as an event on the governance stream."""
+class GovernanceMoved(Exception):
+    """The governance document is no longer at the version the change was based on."""
+
+    def __init__(self, current: int) -> None:
+        self.current = current
+        super().__init__(f"governance is at version {current}")
+
+
+async def replace_governance(
+    conn: Conn, governance: Governance, now: datetime, expected_version: int | None = None
+) -> int:
+    """Store a new governance version and record it as an event on the governance stream.
+
+    With `expected_version`, only if the document is still at that version (GovernanceMoved
+    otherwise): the stream head's lock makes the check and the write one step.
+    """
     async with conn.transaction():
         head = await lock_head(conn, GOVERNANCE_STREAM)
         stream_version = 0 if head is None else head[0]
         version, _ = await current_governance(conn)
+        if expected_version is not None and expected_version != version:
+            raise GovernanceMoved(version)
         version += 1
         document = governance.model_dump_json()
         await conn.execute(INSERT_GOVERNANCE, version, document)

@@ -14,9 +14,11 @@ import asyncpg
 import structlog
 from aiohttp import web
 
+from tierline import secretbox
 from tierline.api.keys import POOL, SETTINGS
 from tierline.api.problems import Problem
 from tierline.api.registry import (
+    Query,
     RouteTable,
     json_response,
     principal,
@@ -49,6 +51,7 @@ READERS = ("admin", "integration", "vendor", "viewer")
 MANAGERS = ("admin", "integration", "vendor")
 STATUSES = ("pending", "failed", "delivered", "dead")
 MAX_LIMIT = 500
+LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}
 
 
 @contextlib.asynccontextmanager
@@ -112,7 +115,7 @@ async def _check_url(request: web.Request, url: str) -> None:
         raise Problem(
             422,
             "webhook-target-not-allowed",
-            f"{exc.reason}; set TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS=true for local targets",
+            exc.reason + (f"; {exc.hint}" if exc.hint else ""),
             errors=[{"pointer": "#/url", "field": "url", "detail": exc.reason}],
         ) from None
 
@@ -154,7 +157,10 @@ async def _replayed(
         ) from None
     if stored is None:
         return None
-    return json_response(stored.body, status=stored.status, headers=stored.headers)
+    body = dict(stored.body)
+    if isinstance(body.get("secret"), str):  # sealed when stored, like the subscription's own
+        body["secret"] = secretbox.current().open(body["secret"])
+    return json_response(body, status=stored.status, headers=stored.headers)
 
 
 async def _remember(
@@ -167,15 +173,18 @@ async def _remember(
 ) -> web.Response:
     """Store the response for retries with the same key, then answer it."""
     if key is not None:
-        await idempotency.complete(
-            conn, principal(request).key_id, key, status, body.model_dump(mode="json"), headers
-        )
+        stored = body.model_dump(mode="json")
+        if body.secret is not None:  # a retry must see it again; the table must not
+            stored["secret"] = secretbox.current().seal(body.secret)
+        await idempotency.complete(conn, principal(request).key_id, key, status, stored, headers)
     return json_response(body, status=status, headers=headers)
 
 
 @routes.route(
     "POST",
     "/v1/webhooks",
+    idempotent=True,
+    headers=("Location",),
     summary="Subscribe a URL to events (the signing secret is shown once)",
     tag="webhooks",
     request=CreateWebhook,
@@ -214,7 +223,11 @@ async def create_webhook(request: web.Request) -> web.Response:
     tag="webhooks",
     response=WebhookPage,
     roles=READERS,
-    query={"vendor_id": "only this vendor's", "limit": "page size, at most 500", "cursor": ""},
+    query={
+        "vendor_id": "only this vendor's",
+        "limit": Query("page size", LIMIT_SCHEMA),
+        "cursor": "next_cursor of the previous page",
+    },
     errors=(401, 422),
 )
 async def list_webhooks(request: web.Request) -> web.Response:
@@ -289,6 +302,7 @@ async def delete_webhook(request: web.Request) -> web.Response:
 @routes.route(
     "POST",
     "/v1/webhooks/{webhook_id}/rotate-secret",
+    idempotent=True,
     summary="Issue a new signing secret; the previous one keeps signing for 24 hours",
     tag="webhooks",
     response=WebhookOut,
@@ -318,10 +332,13 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
     response=DeliveryPage,
     roles=READERS,
     query={
-        "status": "pending, failed, delivered or dead",
-        "event_id": "only the delivery of this event",
-        "limit": "page size, at most 500",
-        "cursor": "",
+        "status": Query(
+            "only deliveries in this state",
+            {"type": "string", "enum": ["pending", "failed", "delivered", "dead"]},
+        ),
+        "event_id": Query("only the delivery of this event", {"type": "string", "format": "uuid"}),
+        "limit": Query("page size", LIMIT_SCHEMA),
+        "cursor": "next_cursor of the previous page",
     },
     errors=(401, 404, 422),
 )
