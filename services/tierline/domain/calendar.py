@@ -40,7 +40,15 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    field_serializer,
+    field_validator,
+)
 
 Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -90,14 +98,26 @@ def known_zone(value: str) -> str:
     return value
 
 
-def _calendar_date(value: Any) -> Any:
-    """A holiday is a calendar date ("2026-12-25"), never a number read as a timestamp."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError("a holiday is a date as YYYY-MM-DD")
-    return value
+def _calendar_date(value: Any) -> date:
+    """A holiday is a calendar date ("2026-12-25"), never a number read as a timestamp.
+
+    A plain validator, so it means the same in strict and lax mode and for JSON and Python
+    input: the API validates bodies in strict JSON mode, stored documents in Python mode.
+    """
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+        return date.fromisoformat(value)
+    raise ValueError("a holiday is a date as YYYY-MM-DD")
 
 
-Holiday = Annotated[date, BeforeValidator(_calendar_date)]
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+Holiday = Annotated[
+    date,
+    PlainValidator(_calendar_date),
+    PlainSerializer(date.isoformat, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date"}),
+]
 # Ten years of every day: far more than any contract lists, small enough to bound a request.
 MAX_HOLIDAYS = 3660
 
