@@ -67,11 +67,8 @@ def _install_stop(stop: asyncio.Event) -> None:
 
 
 async def _run_role(settings: Settings, name: str) -> int:
-    from tierline.roles import available_roles, run_roles
+    from tierline.roles import run_roles
 
-    if name not in available_roles():
-        print(f"tierline {name}: this role is not part of this build yet", file=sys.stderr)
-        return 2
     stop = asyncio.Event()
     _install_stop(stop)
     await run_roles(settings, [name], stop)
@@ -145,11 +142,8 @@ async def _create_key(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        from tierline.projector.replay import replay_command
-    except ImportError:
-        print("tierline replay: read models are not part of this build yet", file=sys.stderr)
-        return 2
+    from tierline.projector.replay import replay_command
+
     return await replay_command(settings, args.projection)
 
 

@@ -1,78 +1,27 @@
-"""Composition root: builds each role from settings and runs it until asked to stop."""
+"""Run roles side by side in one process: migrate, install the secret box, then each role."""
 
 from __future__ import annotations
 
 import asyncio
-import importlib
-import importlib.util
-from collections.abc import Awaitable, Callable
 
 import asyncpg
 import structlog
 from aiohttp import web
 
 from tierline import secretbox
+from tierline.bootstrap import ROLES, Role
 from tierline.config import Settings
-from tierline.eventlog.kafka import resolve_idempotence
 from tierline.store.migrate import migrate_url
 
 log = structlog.get_logger(__name__)
 
-Role = Callable[[Settings, asyncio.Event], Awaitable[None]]
 # Roles that write or read webhook signing secrets, which are encrypted at rest (ADR 0007).
 NEEDS_SECRET_KEY = frozenset({"api", "webhooks"})
 
 
-async def run_api(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve the HTTP API until stopped."""
-    from tierline.api.app import create_app
-    from tierline.api.hardening import HANDLER_ARGS, ApiRunner
-
-    runner = ApiRunner(create_app(settings), access_log=None, handle_signals=False, **HANDLER_ARGS)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.api_host, settings.api_port, reuse_address=True)
-    await site.start()
-    log.info("api_listening", host=settings.api_host, port=settings.api_port)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-
-
-async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
-    """Publish committed events to the log."""
-    from tierline.relay.relay import Relay
-
-    idempotent = await resolve_idempotence(settings.kafka_idempotence, settings.kafka_bootstrap)
-    relay = Relay(
-        database_url=settings.database_url,
-        bootstrap=settings.kafka_bootstrap,
-        topic=settings.kafka_topic,
-        partitions=settings.kafka_partitions,
-        idempotent=idempotent,
-        batch_size=settings.relay_batch_size,
-        poll_interval=settings.relay_poll_interval,
-    )
-    await relay.run(stop)
-
-
-ROLES: dict[str, Role] = {"api": run_api, "relay": run_relay}
-# Roles of later capabilities, as "module:function"; a role is available once its module ships.
-ROLE_ENTRY_POINTS = {
-    "projector": "tierline.projector.role:run_projector",
-    "sla": "tierline.sla.role:run_sla",
-    "webhooks": "tierline.webhooks.role:run_webhooks",
-}
-
-
 def available_roles() -> dict[str, Role]:
-    """Every role this build can run."""
-    roles = dict(ROLES)
-    for name, target in ROLE_ENTRY_POINTS.items():
-        module_name, _, attr = target.partition(":")
-        if importlib.util.find_spec(module_name) is not None:
-            roles[name] = getattr(importlib.import_module(module_name), attr)
-    return roles
+    """Every role this build can run, by name (see `tierline.bootstrap`)."""
+    return dict(ROLES)
 
 
 async def _run(role: Role, settings: Settings, stop: asyncio.Event) -> None:
@@ -137,9 +86,8 @@ async def run_roles(settings: Settings, names: list[str], stop: asyncio.Event) -
     await migrate_url(settings.database_url)
     if box is not None:
         await seal_plaintext_secrets(settings.database_url, box)
-    roles = available_roles()
     tasks: list[asyncio.Task[None]] = [
-        asyncio.create_task(_run(roles[name], settings, stop), name=name) for name in names
+        asyncio.create_task(_run(ROLES[name], settings, stop), name=name) for name in names
     ]
     if "api" not in names and settings.metrics_port:
         tasks.append(asyncio.create_task(serve_metrics(settings, stop), name="metrics"))

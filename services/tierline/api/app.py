@@ -35,9 +35,11 @@ from tierline.api.registry import PRINCIPAL_KEY, Handler, RouteTable, json_respo
 from tierline.api.schemas import Health
 from tierline.config import Settings
 from tierline.eventlog.kafka import kafka_ready
+from tierline.projector import api as read_model_api
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.pool import create_pool
+from tierline.webhooks import api as webhook_api
 
 log = structlog.get_logger(__name__)
 
@@ -56,9 +58,7 @@ LATENCY = Histogram(
 
 def all_routes() -> list[RouteTable]:
     """Every route table, in registration order."""
-    from tierline.api import extensions
-
-    return [ops, admin.routes, issues.routes, *extensions.route_tables()]
+    return [ops, admin.routes, issues.routes, read_model_api.routes, webhook_api.routes]
 
 
 def openapi_document() -> dict[str, object]:
