@@ -17,6 +17,7 @@ from prometheus_client import REGISTRY
 
 from tierline.domain import commands as c
 from tierline.domain.calendar import CalendarSpec
+from tierline.domain.clocks import Clock
 from tierline.domain.governance import Governance, Priority, SlaPolicy, Tier, Vendor
 from tierline.domain.issue import Issue
 from tierline.eventlog.cloudevents import LogEvent
@@ -152,10 +153,14 @@ class SlaHarness:
 
     async def event_names(self, issue_id: str) -> list[str]:
         """The names of one issue's events, in order."""
+        return [name for name, _ in await self.events(issue_id)]
+
+    async def events(self, issue_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """(name, data) of one issue's events, in order."""
         rows = await self.pool.fetch(
-            "SELECT type FROM events WHERE stream_id = $1 ORDER BY version", issue_id
+            "SELECT type, data::text FROM events WHERE stream_id = $1 ORDER BY version", issue_id
         )
-        return [r[0].split(".")[-2] for r in rows]
+        return [(r[0].split(".")[-2], json.loads(r[1])) for r in rows]
 
 
 @asynccontextmanager
@@ -468,3 +473,74 @@ async def test_a_policy_change_recomputes_live_clocks_keeping_elapsed_time(
         await h.catch_up()
         assert await drain(h.scanner()) == 2
         assert (await h.event_names(running.id)).count("priority_changed") == 1
+
+
+def clock_of(issue: Issue, clock_id: str) -> Clock:
+    """One of the issue's clocks, by id."""
+    return next(k for k in issue.clocks if k.id == clock_id)
+
+
+async def test_hold_pauses_the_clock_and_resume_keeps_the_elapsed_time(database_url: str) -> None:
+    async with sla_harness(database_url, LADDER) as h:
+        issue = await h.open("P2")  # respond within 120 s, warning at 90 s
+        await h.catch_up()
+        scanner = h.scanner()
+        h.clock.advance(seconds=40)
+        held = clock_of(await h.run(issue.id, c.Hold(reason="vendor asked")), "respond-1")
+        await h.catch_up()
+        assert (held.state, held.due_at, held.elapsed_seconds) == ("paused", None, 40)
+        # Long past the original deadline: a held clock has nothing to fire.
+        h.clock.now = T0 + 500 * SECOND
+        assert await drain(scanner) == 0
+        assert await h.event_names(issue.id) == ["opened", "put_on_hold"]
+
+        resumed = clock_of(await h.run(issue.id, c.Resume()), "respond-1")
+        await h.catch_up()
+        assert resumed.elapsed_seconds == 40 and resumed.running_since == T0 + 500 * SECOND
+        assert resumed.due_at == T0 + 580 * SECOND  # the 80 s that were left
+        h.clock.now = T0 + 579 * SECOND
+        assert await drain(scanner) == 1
+        assert await h.event_names(issue.id) == ["opened", "put_on_hold", "resumed", "sla_warning"]
+        h.clock.now = T0 + 580 * SECOND
+        assert await drain(scanner) == 1
+        name, breach = (await h.events(issue.id))[-1]
+        assert (name, breach["clock_id"]) == ("sla_breached", "respond-1")
+        assert datetime.fromisoformat(breach["due_at"]) == T0 + 580 * SECOND
+
+
+async def test_a_priority_change_counts_the_new_target_from_the_opening(database_url: str) -> None:
+    async with sla_harness(database_url, LADDER) as h:
+        issue = await h.open("P2")  # respond within 120 s
+        await h.catch_up()
+        h.clock.advance(seconds=10)
+        changed = clock_of(await h.run(issue.id, c.ChangePriority(priority="P1")), "respond-1")
+        await h.catch_up()
+        # P1 responds within 60 s of the opening, not of the change.
+        assert (changed.target_seconds, changed.elapsed_seconds) == (60, 10)
+        assert changed.due_at == T0 + 60 * SECOND
+        scanner = h.scanner()
+        h.clock.now = T0 + 59 * SECOND
+        assert await drain(scanner) == 1
+        assert await h.event_names(issue.id) == ["opened", "priority_changed", "sla_warning"]
+        h.clock.now = T0 + 60 * SECOND
+        assert await drain(scanner) == 1
+        events = await h.events(issue.id)
+        assert [name for name, _ in events][3:] == ["sla_breached", "escalated"]
+        assert datetime.fromisoformat(events[3][1]["due_at"]) == T0 + 60 * SECOND
+
+
+async def test_acknowledging_meets_the_respond_clock_and_resolve_still_breaches(
+    database_url: str,
+) -> None:
+    async with sla_harness(database_url, LADDER) as h:
+        issue = await h.open("P2")  # respond within 120 s, resolve within 1200 s
+        await h.catch_up()
+        h.clock.advance(seconds=5)
+        acknowledged = await h.run(issue.id, c.Acknowledge(note="on it"))
+        await h.catch_up()
+        assert clock_of(acknowledged, "respond-1").state == "met"
+        h.clock.now = T0 + 1200 * SECOND
+        assert await drain(h.scanner()) == 1
+        events = await h.events(issue.id)
+        assert [name for name, _ in events] == ["opened", "acknowledged", "sla_breached"]
+        assert (events[2][1]["kind"], events[2][1]["clock_id"]) == ("resolve", "resolve-1")
