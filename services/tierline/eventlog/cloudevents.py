@@ -1,4 +1,9 @@
-"""CloudEvents 1.0: Kafka binary mode for the log, structured JSON for HTTP and webhooks."""
+"""CloudEvents 1.0: Kafka binary mode for the log, structured JSON for HTTP and webhooks.
+
+Besides the core attributes, issue events carry the `vendorid` extension attribute: the vendor
+the issue belongs to, on every event of the issue, so consumers route and schedule from the log
+alone (ADR 0009). Governance events belong to no vendor and omit it.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,9 @@ from tierline.store.event_store import StoredEvent
 SPEC_VERSION = "1.0"
 SOURCE = "/tierline"
 CONTENT_TYPE = "application/json"
+# CloudEvents extension names are lowercase alphanumeric; the Kafka binding prefixes `ce_`.
+VENDOR_ATTRIBUTE = "vendorid"
+VENDOR_HEADER = f"ce_{VENDOR_ATTRIBUTE}"
 
 
 @dataclass(frozen=True)
@@ -26,6 +34,8 @@ class LogEvent:
     time: datetime
     data: dict[str, Any]
     traceparent: str | None = None
+    # None on governance events, and on issue events published before the attribute existed.
+    vendor_id: str | None = None
 
 
 def _iso(ts: datetime) -> str:
@@ -44,6 +54,8 @@ def to_kafka_record(event: StoredEvent) -> tuple[bytes, bytes, list[tuple[str, b
         ("ce_sequence", str(event.version).encode()),
         ("content-type", CONTENT_TYPE.encode()),
     ]
+    if event.vendor_id is not None:
+        headers.append((VENDOR_HEADER, event.vendor_id.encode()))
     if event.traceparent:
         headers.append(("traceparent", event.traceparent.encode()))
     return event.stream_id.encode(), event.data_json.encode(), headers
@@ -61,6 +73,7 @@ def from_kafka_record(value: bytes, headers: list[tuple[str, bytes]]) -> LogEven
             time=datetime.fromisoformat(attrs["ce_time"].replace("Z", "+00:00")),
             data=json.loads(value),
             traceparent=attrs.get("traceparent"),
+            vendor_id=attrs.get(VENDOR_HEADER),
         )
     except (KeyError, json.JSONDecodeError) as exc:
         raise ValueError(f"not a Tierline CloudEvent: {exc}") from exc
@@ -73,9 +86,10 @@ def structured(
     event_type: str,
     time: datetime,
     data: Any,
+    vendor_id: str | None = None,
 ) -> dict[str, Any]:
     """The structured-mode JSON form (`application/cloudevents+json`)."""
-    return {
+    document: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": str(event_id),
         "source": SOURCE,
@@ -84,8 +98,11 @@ def structured(
         "time": _iso(time),
         "sequence": str(version),
         "datacontenttype": CONTENT_TYPE,
-        "data": data,
     }
+    if vendor_id is not None:
+        document[VENDOR_ATTRIBUTE] = vendor_id
+    document["data"] = data
+    return document
 
 
 def stored_to_structured(event: StoredEvent) -> dict[str, Any]:
@@ -97,4 +114,5 @@ def stored_to_structured(event: StoredEvent) -> dict[str, Any]:
         event.type,
         event.time,
         json.loads(event.data_json),
+        event.vendor_id,
     )

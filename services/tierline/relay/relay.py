@@ -21,7 +21,7 @@ RELAY_LOCK_ID = 7_311_529_002
 CHANNEL = "tierline_events"
 
 UNPUBLISHED = """
-SELECT event_id, stream_id, version, type, time, data::text, traceparent, position
+SELECT event_id, stream_id, version, type, time, data::text, traceparent, vendor_id, position
 FROM events WHERE published_at IS NULL ORDER BY position LIMIT $1
 """
 MARK_PUBLISHED = "UPDATE events SET published_at = $2 WHERE position = ANY($1::bigint[])"
@@ -144,7 +144,7 @@ class Relay:
             return 0
         futures = []
         for row in rows:
-            key, value, headers = to_kafka_record(StoredEvent(*row[:7]))
+            key, value, headers = to_kafka_record(StoredEvent(*row[:8]))
             futures.append(await producer.send(self._topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)
         await conn.execute(MARK_PUBLISHED, [row["position"] for row in rows], datetime.now(UTC))

@@ -36,8 +36,10 @@ log = structlog.get_logger(__name__)
 NOTIFY_CHANNEL = "tierline_sla"
 # Scanners sleep at most this long, so only clocks due sooner need to wake them.
 NOTIFY_HORIZON = 1.0
-# Issues whose vendor the consumer remembers (an issue never changes vendor).
-VENDOR_CACHE_SIZE = 100_000
+# An issue event recorded up to this long after a vendor change may still have been decided on
+# the old vendor (API processes cache vendors for ~2 s, hosts' clocks differ a little); one read
+# after the change is queued for recompute, which records nothing if its deadlines are right.
+VENDOR_CHANGE_MARGIN = timedelta(seconds=5)
 POLICY_CHANGED_TYPE = PolicyChanged.event_type()
 VENDOR_CHANGED_TYPE = VendorChanged.event_type()
 WARNING_TYPE = SlaWarning.event_type()
@@ -103,7 +105,9 @@ ON CONFLICT (issue_id, clock_id) DO UPDATE SET
         THEN sla_clocks.attempts ELSE 0 END
 """
 NOTIFY = "SELECT pg_notify($1, '')"
-STREAM_VENDORS = "SELECT stream_id, vendor_id FROM streams WHERE stream_id = ANY($1::text[])"
+# Only for log records published before events carried `vendorid` (ADR 0009): the vendor this
+# consumer stored when it read the issue's `opened` event.
+KNOWN_VENDORS = "SELECT issue_id, vendor_id FROM sla_issues WHERE issue_id = ANY($1::text[])"
 QUEUE_RECOMPUTE = """
 INSERT INTO sla_recompute (issue_id, policy_version, next_attempt_at)
 SELECT DISTINCT issue_id, $1::int, $2::timestamptz FROM sla_clocks ORDER BY 1
@@ -111,22 +115,38 @@ ON CONFLICT (issue_id) DO UPDATE
     SET policy_version = GREATEST(sla_recompute.policy_version, EXCLUDED.policy_version),
         next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
 """
-# Only the vendor's issues with a running clock: the write side's snapshots find those whose
-# clocks this consumer has not stored yet (their events may wait on another partition), the
-# clock table those it has. Paused clocks have no deadline; resuming sets it on the new calendar.
+RECORD_VENDOR_CHANGES = """
+INSERT INTO sla_vendor_changes (vendor_id, vendor_version, changed_at)
+SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[]) ORDER BY 1
+ON CONFLICT (vendor_id) DO UPDATE
+    SET vendor_version = EXCLUDED.vendor_version, changed_at = EXCLUDED.changed_at
+    WHERE sla_vendor_changes.vendor_version < EXCLUDED.vendor_version
+"""
+# The vendor's issues with a running clock that this consumer has stored. Paused clocks have no
+# deadline; resuming sets it on the new calendar. Issues whose events it has not read yet (they
+# may wait on another partition) are queued when they arrive (QUEUE_LATE_ARRIVALS).
 QUEUE_VENDOR_RECOMPUTE = """
 INSERT INTO sla_recompute (issue_id, policy_version, vendor_version, next_attempt_at)
-SELECT DISTINCT ON (owed.issue_id) owed.issue_id, 0, changed.vendor_version, changed.at
+SELECT DISTINCT ON (k.issue_id) k.issue_id, 0, changed.vendor_version, changed.at
 FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS changed(vendor_id, vendor_version, at)
-CROSS JOIN LATERAL (
-    SELECT s.stream_id AS issue_id FROM streams AS s
-    WHERE s.vendor_id = changed.vendor_id AND s.stream_type = 'issue'
-      AND jsonb_path_exists(s.snapshot, '$.clocks[*] ? (@.state == "running")')
-    UNION
-    SELECT k.issue_id FROM sla_clocks AS k
-    WHERE k.vendor_id = changed.vendor_id AND k.state = 'running'
-) AS owed
-ORDER BY owed.issue_id
+JOIN sla_clocks AS k ON k.vendor_id = changed.vendor_id AND k.state = 'running'
+ORDER BY k.issue_id
+ON CONFLICT (issue_id) DO UPDATE
+    SET vendor_version = GREATEST(sla_recompute.vendor_version, EXCLUDED.vendor_version),
+        next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
+"""
+# Issues read now whose event was recorded before (or within the margin after) a vendor change
+# this consumer applied earlier: their deadlines may be on the old calendar.
+QUEUE_LATE_ARRIVALS = """
+INSERT INTO sla_recompute (issue_id, policy_version, vendor_version, next_attempt_at)
+SELECT DISTINCT ON (a.issue_id) a.issue_id, 0, v.vendor_version, v.changed_at
+FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS a(issue_id, vendor_id, recorded_at)
+JOIN sla_vendor_changes AS v
+  ON v.vendor_id = a.vendor_id AND a.recorded_at <= v.changed_at + $4::interval
+WHERE EXISTS (
+    SELECT 1 FROM sla_clocks AS k WHERE k.issue_id = a.issue_id AND k.state = 'running'
+)
+ORDER BY a.issue_id
 ON CONFLICT (issue_id) DO UPDATE
     SET vendor_version = GREATEST(sla_recompute.vendor_version, EXCLUDED.vendor_version),
         next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
@@ -146,6 +166,17 @@ class IssueClocks:
     # state turns out to be newer than the stored one (most log events are not, once the
     # scanner has stored its own commands' results).
     clocks: Sequence[Clock] | Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class LoggedClocks:
+    """The newest clocks of an issue in a batch, as the log carried them."""
+
+    version: int
+    clocks: list[dict[str, Any]]
+    # From the event's `vendorid`, else an `opened` event's data; None for older records.
+    vendor_id: str | None
+    recorded_at: datetime
 
 
 @dataclass(frozen=True)
@@ -250,7 +281,6 @@ class ClockTable:
 
     def __init__(self, reference: ReferenceData) -> None:
         self._reference = reference
-        self._vendors: dict[str, str] = {}
 
     async def calendar_for(self, vendor_id: str, conn: Conn) -> BusinessCalendar:
         """The vendor's business calendar, as the write path uses it (24x7 if unknown)."""
@@ -269,7 +299,7 @@ class ClockTable:
 
     async def apply(self, conn: Conn, events: Sequence[LogEvent]) -> None:
         """Apply a batch of log events inside the consumer's transaction."""
-        latest: dict[str, tuple[int, list[dict[str, Any]], str | None]] = {}
+        latest: dict[str, LoggedClocks] = {}
         policy: tuple[int, datetime] | None = None
         vendors: dict[str, tuple[int, datetime]] = {}
         for event in events:
@@ -288,7 +318,15 @@ class ClockTable:
             _count_outcome(event)
             raw = event.data.get("clocks")
             if raw is not None:
-                latest[event.stream_id] = (event.version, raw, event.data.get("vendor_id"))
+                # Older records lack `vendorid`: an `opened` earlier in the batch names it.
+                earlier = latest.get(event.stream_id)
+                issue_vendor = (
+                    event.vendor_id
+                    or event.data.get("vendor_id")
+                    or (earlier.vendor_id if earlier else None)
+                )
+                latest[event.stream_id] = LoggedClocks(event.version, raw, issue_vendor, event.time)
+        states: list[IssueClocks] = []
         for vendor_id, (version, _) in vendors.items():
             # Fire times of the clocks stored below are counted on the new calendar.
             await self._reference.ensure_vendor_version(vendor_id, version, conn)
@@ -306,39 +344,51 @@ class ClockTable:
             )
         if vendors:
             await self._queue_vendor_recomputes(conn, vendors)
+        if states:
+            await self._queue_late_arrivals(conn, states, latest)
 
     async def _queue_vendor_recomputes(
         self, conn: Conn, vendors: dict[str, tuple[int, datetime]]
     ) -> None:
         """Queue the running clocks of changed vendors, in the consumer's transaction."""
         ids = sorted(vendors)
-        status = await conn.execute(
-            QUEUE_VENDOR_RECOMPUTE,
-            ids,
-            [vendors[v][0] for v in ids],
-            [vendors[v][1] for v in ids],
-        )
+        columns = (ids, [vendors[v][0] for v in ids], [vendors[v][1] for v in ids])
+        await conn.execute(RECORD_VENDOR_CHANGES, *columns)
+        status = await conn.execute(QUEUE_VENDOR_RECOMPUTE, *columns)
         await conn.execute(NOTIFY, NOTIFY_CHANNEL)
         log.info("sla_vendor_recompute_queued", vendors=ids, issues=int(status.split()[-1]))
 
-    async def _states(
-        self, conn: Conn, latest: dict[str, tuple[int, list[dict[str, Any]], str | None]]
-    ) -> list[IssueClocks]:
-        """The newest clocks per issue, with each issue's vendor."""
-        vendors = self._vendors
-        unknown = [issue_id for issue_id in latest if issue_id not in vendors]
+    async def _queue_late_arrivals(
+        self, conn: Conn, states: Sequence[IssueClocks], latest: dict[str, LoggedClocks]
+    ) -> None:
+        """Queue issues read after a change of their vendor but recorded before it."""
+        status = await conn.execute(
+            QUEUE_LATE_ARRIVALS,
+            [s.issue_id for s in states],
+            [s.vendor_id for s in states],
+            [latest[s.issue_id].recorded_at for s in states],
+            VENDOR_CHANGE_MARGIN,
+        )
+        queued = int(status.split()[-1])
+        if queued:
+            await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+            log.info("sla_late_vendor_recompute_queued", issues=queued)
+
+    async def _states(self, conn: Conn, latest: dict[str, LoggedClocks]) -> list[IssueClocks]:
+        """The newest clocks per issue, with each issue's vendor as the log names it."""
+        unknown = [issue_id for issue_id, seen in latest.items() if seen.vendor_id is None]
+        known: dict[str, str] = {}
         if unknown:
-            if len(vendors) + len(unknown) > VENDOR_CACHE_SIZE:
-                vendors.clear()
-            for row in await conn.fetch(STREAM_VENDORS, unknown):
-                vendors[row["stream_id"]] = row["vendor_id"]
+            known = {
+                r["issue_id"]: r["vendor_id"] for r in await conn.fetch(KNOWN_VENDORS, unknown)
+            }
         states = []
-        for issue_id, (version, raw, opened_vendor) in latest.items():
-            vendor_id = vendors.get(issue_id) or opened_vendor
+        for issue_id, seen in latest.items():
+            vendor_id = seen.vendor_id or known.get(issue_id)
             if vendor_id is None:
-                log.warning("sla_issue_without_vendor", issue_id=issue_id, version=version)
+                log.warning("sla_issue_without_vendor", issue_id=issue_id, version=seen.version)
                 continue
-            states.append(IssueClocks(issue_id, vendor_id, version, raw))
+            states.append(IssueClocks(issue_id, vendor_id, seen.version, seen.clocks))
         return states
 
 

@@ -16,8 +16,9 @@ READ_HEAD = "SELECT version, snapshot::text FROM streams WHERE stream_id = $1"
 # One round trip: the events go in with their versions and the head moves with them.
 APPEND = """
 WITH appended AS (
-    INSERT INTO events (event_id, stream_id, stream_type, version, type, time, data, traceparent)
-    SELECT e.event_id, $1, $2, e.version, e.type, e.time, e.data::jsonb, $3
+    INSERT INTO events
+        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent)
+    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3
     FROM unnest($4::uuid[], $5::int[], $6::text[], $7::timestamptz[], $8::text[])
         AS e(event_id, version, type, time, data)
     RETURNING 1
@@ -32,7 +33,7 @@ RETURNING version
 """
 
 STREAM_EVENTS = """
-SELECT event_id, stream_id, version, type, time, data::text, traceparent
+SELECT event_id, stream_id, version, type, time, data::text, traceparent, vendor_id
 FROM events WHERE stream_id = $1 ORDER BY version
 """
 
@@ -66,6 +67,8 @@ class StoredEvent:
     time: datetime
     data_json: str
     traceparent: str | None
+    # The issue's vendor (every event of an issue carries it); None on the governance stream.
+    vendor_id: str | None = None
 
 
 async def lock_head(conn: Conn, stream_id: str) -> tuple[int, str] | None:

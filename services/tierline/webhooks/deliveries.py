@@ -22,20 +22,22 @@ CHANNEL = "tierline_webhooks"
 
 # One statement per consumer batch: match events to active subscriptions (type, vendor, and
 # only events recorded after the subscription was made), store each matched body once, and
-# insert one delivery per (subscription, event); a replayed event inserts nothing.
+# insert one delivery per (subscription, event); a replayed event inserts nothing. The vendor
+# is the event's own (`vendorid` on the log); an event without one (governance) matches only
+# subscriptions bound to no vendor.
 FAN_OUT = """
 WITH e AS (
     SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
-                         $6::text[]) AS e(event_id, stream_id, version, type, time, body)
+                         $6::text[], $7::text[])
+        AS e(event_id, stream_id, version, type, time, body, vendor_id)
 ), matched AS (
     SELECT s.id AS subscription_id, e.event_id
     FROM e
-    LEFT JOIN streams st ON st.stream_id = e.stream_id
     JOIN webhook_subscriptions s
       ON s.active
      AND s.created_at <= e.time
      AND ('*' = ANY (s.event_types) OR e.type = ANY (s.event_types))
-     AND (s.vendor_id IS NULL OR s.vendor_id = st.vendor_id)
+     AND (s.vendor_id IS NULL OR s.vendor_id = e.vendor_id)
 ), bodies AS (
     INSERT INTO webhook_events (event_id, stream_id, version, type, time, body)
     SELECT e.event_id, e.stream_id, e.version, e.type, e.time, e.body FROM e
@@ -178,6 +180,8 @@ class EventBody:
     type: str
     time: datetime
     body: str
+    # The issue's vendor; None for governance events.
+    vendor_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -267,6 +271,7 @@ async def fan_out(conn: Conn, events: Sequence[EventBody]) -> int:
         [e.type for e in events],
         [e.time for e in events],
         [e.body for e in events],
+        [e.vendor_id for e in events],
     )
     inserted = int(status.split()[-1])
     if inserted:
