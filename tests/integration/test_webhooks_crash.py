@@ -35,6 +35,9 @@ EVENTS_WHILE_DOWN = 8
 EXPECTED_EVENTS = """
 SELECT event_id::text FROM events WHERE stream_type = 'issue'
 """
+LIVE_LEASES = """
+SELECT count(*) FROM webhook_deliveries WHERE lease_token IS NOT NULL AND next_attempt_at > now()
+"""
 DELIVERY_STATE = """
 SELECT count(*), count(DISTINCT event_id), count(*) FILTER (WHERE status = 'delivered')
 FROM webhook_deliveries
@@ -123,6 +126,9 @@ async def test_killed_dispatcher_loses_nothing(
                 await asyncio.wait_for(frozen.wait(), 60)
                 await eventually(lambda: receiver.in_flight["crash"] >= 2, "attempts in flight")
                 first.kill()
+                # No other sender ran, so a live lease now is one the killed process held when it
+                # died (a SIGKILL hands nothing back; leases outlive an attempt by seconds).
+                assert await _live_leases(database_url) >= 1, "killed holding no lease"
                 receiver.scripts["crash"] = []
                 await asyncio.gather(*(open_issue(http, vendor) for _ in range(EVENTS_WHILE_DOWN)))
                 second.start()
@@ -162,6 +168,14 @@ async def scrape(port: str) -> dict[str, float]:
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
     return samples
+
+
+async def _live_leases(database_url: str) -> int:
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(LIVE_LEASES))
+    finally:
+        await conn.close()
 
 
 async def _expected_event_ids(database_url: str) -> set[str]:
