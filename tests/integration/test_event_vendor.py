@@ -6,7 +6,8 @@ import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -16,14 +17,17 @@ from tierline.domain import commands as c
 from tierline.domain.governance import Vendor
 from tierline.eventlog.cloudevents import (
     VENDOR_HEADER,
+    LogEvent,
+    from_kafka_record,
     stored_to_structured,
+    to_kafka_record,
 )
 from tierline.eventlog.consumer import BatchHandler, LogConsumer
 from tierline.relay.relay import Relay
 from tierline.service_layer.issues import SYSTEM
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import ClockTable
-from tierline.store.event_store import stream_events
+from tierline.store.event_store import StoredEvent, stream_events
 from tierline.store.pool import create_pool
 from tierline.store.unit_of_work import issue_service
 from tierline.store.vendors import change_vendor, insert_vendor
@@ -211,3 +215,33 @@ async def test_sla_and_webhook_consumers_need_no_streams_table(
         assert {stream for stream, _ in received[vendor]} == mine, vendor
         assert len(received[vendor]) == 3 * len(mine), "all of its own events, nothing else"
         assert {body["vendorid"] for _, body in received[vendor]} == {vendor}
+
+
+def as_logged(event: StoredEvent) -> LogEvent:
+    """A stored event as the log carries it."""
+    _, value, headers = to_kafka_record(event)
+    return from_kafka_record(value, headers)
+
+
+async def test_issue_events_read_after_their_vendors_change_are_recomputed(
+    pool: asyncpg.Pool,
+) -> None:
+    """Without `streams`, an issue whose events wait on another partition is queued on arrival."""
+    owners = await write_two_vendors(pool)  # ends with a change of globex
+    (change,) = [as_logged(e) for e in await stream_events(pool, "governance")]
+    table = ClockTable(ReferenceData(pool))
+    async with pool.acquire() as conn, conn.transaction():
+        await table.apply(conn, [change])
+    assert await pool.fetchval("SELECT count(*) FROM sla_recompute") == 0, "no clocks seen yet"
+
+    globex_issue = next(i for i, v in owners.items() if v == "globex")
+    acme_issue = next(i for i, v in owners.items() if v == "acme")
+    late = [as_logged(e) for e in await stream_events(pool, globex_issue)]
+    later = [
+        replace(e, time=change.time + timedelta(minutes=1))
+        for e in map(as_logged, await stream_events(pool, acme_issue))
+    ]
+    async with pool.acquire() as conn, conn.transaction():
+        await table.apply(conn, late + later)
+    queued = await pool.fetch("SELECT issue_id, vendor_version FROM sla_recompute")
+    assert [tuple(r) for r in queued] == [(globex_issue, 2)]
