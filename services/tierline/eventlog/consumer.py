@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from tierline.config import ISSUE_EVENTS_TOPIC
 from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
 from tierline.eventlog.kafka import cluster_identity
+from tierline.supervise import supervise
 
 log = structlog.get_logger(__name__)
 
@@ -213,15 +214,13 @@ class LogConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop`; reconnect after broker or database failures."""
-        while not stop.is_set():
-            try:
-                await self._run_once(stop)
-            except (KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if stop.is_set():
-                    break
-                log.warning("consumer_failed", consumer=self.name, error=repr(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+        await supervise(
+            f"consumer.{self.name}",
+            self._run_once,
+            stop,
+            retry_on=(KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+            consumer=self.name,
+        )
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         self._identity = await cluster_identity(self._bootstrap)

@@ -14,6 +14,7 @@ from prometheus_client import Counter, Gauge
 from tierline.eventlog.cloudevents import to_kafka_record
 from tierline.eventlog.kafka import cluster_identity, ensure_topic, producer_options
 from tierline.store.event_store import StoredEvent
+from tierline.supervise import sleep_or_stop, supervise
 
 log = structlog.get_logger(__name__)
 
@@ -64,21 +65,14 @@ class Relay:
         self.is_leader = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Wait for leadership, then publish until `stop` is set; restart after failures."""
-        while not stop.is_set():
-            try:
-                await self._run_once(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Exception) as exc:
-                if stop.is_set():
-                    break
-                log.warning("relay_failed", error=repr(exc))
-                await _sleep_or_stop(stop, 1.0)
+        """Wait for leadership, then publish until `stop` is set; restart after any failure."""
+        await supervise("relay", self._run_once, stop, retry_on=(Exception,), topic=self._topic)
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self._database_url)
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
-                if await _sleep_or_stop(stop, self._poll_interval):
+                if await sleep_or_stop(stop, self._poll_interval):
                     return
             self.is_leader = True
             RELAY_LEADER.set(1)
@@ -150,10 +144,3 @@ class Relay:
         await conn.execute(MARK_PUBLISHED, [row["position"] for row in rows], datetime.now(UTC))
         EVENTS_PUBLISHED.inc(len(rows))
         return len(rows)
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep unless stopped first; True when stopped."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

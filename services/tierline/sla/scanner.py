@@ -32,6 +32,7 @@ from tierline.domain.issue import Issue
 from tierline.service_layer.issues import SYSTEM, IssueNotFound, IssueService, Response
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import NOTIFY_CHANNEL, NOTIFY_HORIZON, ClockTable, IssueClocks
+from tierline.supervise import sleep_or_stop, supervise
 
 log = structlog.get_logger(__name__)
 
@@ -174,14 +175,12 @@ class SlaScanner:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Scan until `stop`; reconnect after database failures."""
-        while not stop.is_set():
-            try:
-                await self._run_listening(stop)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                if stop.is_set():
-                    break
-                log.warning("sla_scanner_failed", error=repr(exc))
-                await _sleep_or_stop(stop, 1.0)
+        await supervise(
+            "sla_scanner",
+            self._run_listening,
+            stop,
+            retry_on=(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+        )
 
     async def _run_listening(self, stop: asyncio.Event) -> None:
         """The scan loop, with a LISTEN connection when a URL was given (else it just polls)."""
@@ -224,7 +223,7 @@ class SlaScanner:
         # clock; a floor between scans batches them, for at most `min_interval` of lateness.
         floor = scanned_at + self._min_interval - time.monotonic()
         if floor > 0:
-            await _sleep_or_stop(stop, floor)
+            await sleep_or_stop(stop, floor)
 
     async def scan_once(self) -> int:
         """Fire one batch of due clocks, then one batch of recomputes; returns the work done."""
@@ -352,8 +351,3 @@ class SlaScanner:
         assert isinstance(issue, Issue)
         RECOMPUTED.inc()
         return issue
-
-
-async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)

@@ -25,6 +25,7 @@ import structlog
 from aiohttp.abc import AbstractResolver
 
 from tierline.secretbox import SecretBox
+from tierline.supervise import supervise
 from tierline.webhooks import metrics
 from tierline.webhooks.deliveries import (
     CHANNEL,
@@ -107,15 +108,7 @@ class Sender:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Send until `stop`; reconnect after database failures."""
-        while not stop.is_set():
-            try:
-                await self._run_once(stop)
-            except DATABASE_ERRORS as exc:
-                if stop.is_set():
-                    break
-                log.warning("webhook_sender_failed", error=repr(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), 1.0)
+        await supervise("webhook_sender", self._run_once, stop, retry_on=DATABASE_ERRORS)
 
     async def _run_once(self, stop: asyncio.Event) -> None:
         listener = await asyncpg.connect(self._database_url)
