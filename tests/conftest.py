@@ -15,6 +15,25 @@ import pytest
 from tests.fixtures import infra
 
 CI = os.environ.get("CI", "").lower() == "true"
+UNIT = Path(__file__).parent / "unit"
+# The marker a test needs, by the fixtures it uses directly or through other fixtures. Tests
+# that start servers of their own (tests/integration/test_devstack.py, `tierline dev`) say so.
+MARKERS_BY_FIXTURE = {
+    "postgres": frozenset({"pg_admin_dsn", "database_url", "stack"}),
+    "kafka": frozenset({"tansu", "apache_kafka", "broker", "stack"}),
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark tests by the servers their fixtures start; tests/unit may need none."""
+    for item in items:
+        used = set(getattr(item, "fixturenames", ()))
+        for marker, fixtures in MARKERS_BY_FIXTURE.items():
+            if used & fixtures and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
+        needs = [m for m in MARKERS_BY_FIXTURE if item.get_closest_marker(m) is not None]
+        if needs and item.path.is_relative_to(UNIT):
+            raise pytest.UsageError(f"{item.nodeid} needs {needs}: it belongs in tests/integration")
 
 
 @pytest.fixture(scope="session")

@@ -97,6 +97,8 @@ def stop_dev(proc: subprocess.Popen[bytes]) -> None:
     assert not left, f"processes left behind: {left}"
 
 
+@pytest.mark.postgres
+@pytest.mark.kafka
 def test_dev_starts_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
@@ -165,6 +167,8 @@ def _call_with(key: str, url: str, method: str = "GET", body: Any = None) -> tup
         return exc.code, json.loads(exc.read() or b"null")
 
 
+@pytest.mark.postgres
+@pytest.mark.kafka
 def test_dev_survives_a_revoked_bootstrap_key_and_keys_create_recovers(tmp_path: Path) -> None:
     """The trial's lockout: after the API revoked the bootstrap key, dev must still start."""
     data_dir = tmp_path / "data"
