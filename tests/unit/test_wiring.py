@@ -51,7 +51,7 @@ def _names_looked_up(tree: ast.AST) -> list[str]:
         name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
         if name in {"import_module", "find_spec", "__import__"}:
             arg = node.args[0] if node.args else None
-            found.append(arg.value if isinstance(arg, ast.Constant) else ast.unparse(node))
+            found.append(str(arg.value) if isinstance(arg, ast.Constant) else ast.unparse(node))
     return found
 
 

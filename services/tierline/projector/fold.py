@@ -444,8 +444,22 @@ def clock_record(change: ClockChange) -> tuple[Any, ...]:
     )
 
 
-def summarize_clocks(clocks: list[Clock]) -> ClockSummary:
-    """Due times and breach flag of the issue's current clocks (the latest one of each kind)."""
+def issue_clock_summary(row: IssueRow) -> ClockSummary:
+    """The clock columns of an issue's `read.issues` row."""
+    since = max(row.tier_entered_at, row.cycle_started_at)
+    return summarize_clocks(row.clocks, tier=row.tier, since=since)
+
+
+def summarize_clocks(
+    clocks: list[Clock], *, tier: int | None = None, since: datetime | None = None
+) -> ClockSummary:
+    """States and due times of the latest clock of each kind, and whether a current one breached.
+
+    The current clocks are those of `tier` started at or after `since`, when the issue entered
+    its tier or cycle. The latest clocks are not always current: a tier or priority without an
+    SLA policy starts none, and the clocks left behind keep their states (a breached one stays
+    breached) while the issue moves on. Without `tier` and `since` every latest clock counts.
+    """
     latest: dict[str, Clock] = {}
     for clock in clocks:
         latest[clock["kind"]] = clock
@@ -458,9 +472,17 @@ def summarize_clocks(clocks: list[Clock]) -> ClockSummary:
             summary.resolve_state, summary.resolve_due_at = clock["state"], due
         if due is not None and (summary.next_due_at is None or due < summary.next_due_at):
             summary.next_due_at = due
-        if clock["state"] == "breached":
+        if clock["state"] == "breached" and _is_current(clock, tier, since):
             summary.sla_breached = True
     return summary
+
+
+def _is_current(clock: Clock, tier: int | None, since: datetime | None) -> bool:
+    # A clock of an earlier tier or cycle started strictly before the issue left it: it was
+    # breached (after its start) no later than the move or reopening that left it behind.
+    if tier is not None and int(clock["tier"]) != tier:
+        return False
+    return since is None or datetime.fromisoformat(clock["started_at"]) >= since
 
 
 def _timeline_row(event: EventLike, name: str, row: IssueRow) -> TimelineRow:
