@@ -23,6 +23,11 @@ from tierline.store.pool import create_pool
 from tierline.store.vendors import insert_vendor
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
+REFUSED_LOCK_REQUESTS = """
+SELECT count(*) FROM pg_stat_activity AS a
+WHERE a.query LIKE 'SELECT pg_try_advisory_lock%' AND a.state = 'idle'
+  AND NOT EXISTS (SELECT 1 FROM pg_locks AS l WHERE l.pid = a.pid AND l.locktype = 'advisory')
+"""
 
 
 def _render(issue, created):  # type: ignore[no-untyped-def]
@@ -61,6 +66,15 @@ def relay_for(database_url: str, bootstrap: str, topic: str, kind: str) -> Relay
         batch_size=25,
         poll_interval=0.1,
     )
+
+
+async def refused_lock_requests(database_url: str) -> int:
+    """Connections whose last statement asked for the relay lock and that do not hold it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return int(await conn.fetchval(REFUSED_LOCK_REQUESTS))
+    finally:
+        await conn.close()
 
 
 async def published(database_url: str) -> int:
@@ -149,7 +163,12 @@ async def test_standby_relay_takes_over(database_url: str, tansu: str, topic: st
             break
         await asyncio.sleep(0.05)
     task_b = asyncio.create_task(b.run(stop_b))
-    await asyncio.sleep(0.5)
+    # The standby has asked for the lock and was refused: then only one relay may be active.
+    for _ in range(100):
+        if await refused_lock_requests(database_url):
+            break
+        await asyncio.sleep(0.05)
+    assert await refused_lock_requests(database_url), "the standby never asked for the lock"
     assert a.is_leader and not b.is_leader, "only one relay may be active"
     stop_a.set()
     await task_a
