@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures import infra
+from tests.fixtures.api import create_vendor, open_issue, run_command
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 from tierline.domain import commands as c
 from tierline.service_layer.issues import SYSTEM, IssueService
@@ -53,28 +54,13 @@ async def eventually(probe: Callable[[], Awaitable[T | None]], what: str) -> T:
     raise AssertionError(f"never happened: {what}")
 
 
-async def create_vendor(http: aiohttp.ClientSession, vendor_id: str) -> None:
-    async with http.post(
-        "/v1/vendors", json={"id": vendor_id, "name": vendor_id.title(), "timezone": "UTC"}
-    ) as resp:
-        assert resp.status == 201, await resp.text()
-
-
-async def open_issue(http: aiohttp.ClientSession, vendor_id: str, **fields: Any) -> dict[str, Any]:
-    body = {"vendor_id": vendor_id, "title": "An issue", "category": "quality", "priority": "P3"}
-    async with http.post("/v1/issues", json={**body, **fields}) as resp:
-        assert resp.status == 201, await resp.text()
-        issue: dict[str, Any] = await resp.json()
-        return issue
-
-
-async def command(
-    http: aiohttp.ClientSession, issue_id: str, name: str, **body: Any
+async def open_quality_issue(
+    http: aiohttp.ClientSession, vendor_id: str, **fields: Any
 ) -> dict[str, Any]:
-    async with http.post(f"/v1/issues/{issue_id}/{name}", json=body) as resp:
-        assert resp.status == 200, await resp.text()
-        issue: dict[str, Any] = await resp.json()
-        return issue
+    """An issue of category quality, priority P3, unless said otherwise."""
+    return await open_issue(
+        http, vendor_id, **{"title": "An issue", "category": "quality", "priority": "P3", **fields}
+    )
 
 
 async def get_page(http: aiohttp.ClientSession, **query: Any) -> dict[str, Any]:
@@ -142,18 +128,22 @@ async def scorecard(http: aiohttp.ClientSession, vendor_id: str, **query: Any) -
 
 async def test_filters_scorecards_and_vendor_scoping(list_stack: Stack) -> None:
     stack = list_stack
+    # Before the writes it counts: they all happen on this day or later.
+    today = datetime.now(UTC).date()
     async with stack.client() as admin:
-        await create_vendor(admin, "acme")
-        await create_vendor(admin, "globex")
-        a1 = await open_issue(admin, "acme", priority="P1", category="security_compliance")
-        a2 = await open_issue(admin, "acme", priority="P2", external_ref="jira:OPS-1")
-        a3 = await open_issue(admin, "acme", priority="P4", category="communication")
-        g1 = await open_issue(admin, "globex", priority="P1")
-        g2 = await open_issue(admin, "globex", priority="P3", category="communication")
+        await create_vendor(admin, id="acme", name="Acme", timezone="UTC")
+        await create_vendor(admin, id="globex", name="Globex", timezone="UTC")
+        a1 = await open_quality_issue(admin, "acme", priority="P1", category="security_compliance")
+        a2 = await open_quality_issue(admin, "acme", priority="P2", external_ref="jira:OPS-1")
+        a3 = await open_quality_issue(admin, "acme", priority="P4", category="communication")
+        g1 = await open_quality_issue(admin, "globex", priority="P1")
+        g2 = await open_quality_issue(admin, "globex", priority="P3", category="communication")
         versions = {i["id"]: i["version"] for i in (a1, a2, a3, g1, g2)}
-        versions[a2["id"]] = (await command(admin, a2["id"], "acknowledge"))["version"]
-        versions[a3["id"]] = (await command(admin, a3["id"], "escalate", reason="stuck"))["version"]
-        versions[g2["id"]] = (await command(admin, g2["id"], "resolve", resolution="done"))[
+        versions[a2["id"]] = (await run_command(admin, a2["id"], "acknowledge"))["version"]
+        versions[a3["id"]] = (await run_command(admin, a3["id"], "escalate", reason="stuck"))[
+            "version"
+        ]
+        versions[g2["id"]] = (await run_command(admin, g2["id"], "resolve", resolution="done"))[
             "version"
         ]
         versions[g1["id"]] = await record_breach(stack, g1["id"])
@@ -192,7 +182,6 @@ async def test_filters_scorecards_and_vendor_scoping(list_stack: Stack) -> None:
             await all_items(admin, vendor_id="acme,globex", breached="false")
         )
 
-        today = datetime.now(UTC).date()
         acme = await scorecard(admin, "acme", **{"from": today, "to": today})
         assert (acme["opened"], acme["acknowledged"], acme["resolved"]) == (3, 1, 0)
         assert acme["open_now"] == 3 and acme["escalations_by_tier"] == {"2": 1}
@@ -262,8 +251,8 @@ async def test_pages_are_stable_and_bad_queries_are_problems(list_stack: Stack) 
                 assert body["type"].endswith("/validation-failed")
                 assert body["errors"][0]["field"] in query
 
-        await create_vendor(admin, "initech")
-        first = [await open_issue(admin, "initech", title=f"first {n}") for n in range(12)]
+        await create_vendor(admin, id="initech", name="Initech", timezone="UTC")
+        first = [await open_quality_issue(admin, "initech", title=f"first {n}") for n in range(12)]
         await projected(admin, {i["id"]: i["version"] for i in first})
 
         page = await get_page(admin, limit=1, vendor_id="initech")
@@ -284,8 +273,10 @@ async def test_pages_are_stable_and_bad_queries_are_problems(list_stack: Stack) 
             if cursor is None:
                 break
             # New issues (and changes to ones already listed) while a client is paging.
-            arrived += [(await open_issue(admin, "initech", title="late"))["id"] for _ in range(2)]
-            await command(admin, seen[0], "assign", assignee="ana")
+            arrived += [
+                (await open_quality_issue(admin, "initech", title="late"))["id"] for _ in range(2)
+            ]
+            await run_command(admin, seen[0], "assign", assignee="ana")
 
         assert len(seen) == len(set(seen)), "an issue was listed twice"
         assert set(seen) >= ids(first), "an issue that existed before paging was skipped"
