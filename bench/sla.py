@@ -54,12 +54,12 @@ from tierline.devstack.process import ManagedProcess
 from tierline.devstack.tansu import TansuBroker
 from tierline.domain import commands as c
 from tierline.domain.governance import Governance, Priority, SlaPolicy, Tier, Vendor
-from tierline.domain.issue import Issue
 from tierline.eventlog.kafka import ensure_topic
-from tierline.service_layer.issues import SYSTEM, IssueService, Response
+from tierline.service_layer.issues import SYSTEM
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.migrate import migrate_url
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import issue_service
 from tierline.store.vendors import insert_vendor, replace_governance
 
 console = Console(width=150)
@@ -196,10 +196,6 @@ def role_env(database_url: str, bootstrap: str, topic: str) -> dict[str, str]:
     }
 
 
-def _keep(issue: Issue, created: bool) -> Response:
-    return 201, issue, {}
-
-
 async def open_issues(
     pool: asyncpg.Pool, opened: list[datetime], priority: Priority = "P3", concurrency: int = 32
 ) -> float:
@@ -214,8 +210,8 @@ async def open_issues(
         async def opener() -> None:
             while queue:
                 opened_at = queue.pop()
-                service = IssueService(pool, reference, clock=lambda at=opened_at: at)
-                await service.open(SYSTEM, command, _keep)
+                service = issue_service(pool, reference, clock=lambda at=opened_at: at)
+                await service.open(SYSTEM, command)
                 progress.advance(task)
 
         await asyncio.gather(*(opener() for _ in range(concurrency)))

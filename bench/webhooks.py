@@ -50,9 +50,9 @@ from tierline.eventlog.kafka import ensure_topic
 from tierline.logs import configure_logging
 from tierline.secretbox import SecretBox, generate_key
 from tierline.service_layer.issues import SYSTEM, IssueService
-from tierline.service_layer.reference import ReferenceData
 from tierline.store.migrate import migrate_url
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import issue_service
 from tierline.store.vendors import insert_vendor
 from tierline.webhooks.signing import new_secret
 from tierline.webhooks.subscriptions import insert_subscription
@@ -171,10 +171,6 @@ async def prepare(
 # -- load and measurement --------------------------------------------------------------------
 
 
-def _render(issue: Any, created: bool) -> tuple[int, Any, dict[str, str]]:
-    return 201, None, {}
-
-
 async def open_issues(service: IssueService, count: int, concurrency: int = 16) -> None:
     """Open `count` issues through the write path, `concurrency` at a time."""
     gate = asyncio.Semaphore(concurrency)
@@ -184,7 +180,7 @@ async def open_issues(service: IssueService, count: int, concurrency: int = 16) 
             command = OpenIssue(
                 vendor_id=VENDOR, title=f"Bench {n}", category="quality", priority="P2"
             )
-            await service.open(SYSTEM, command, _render)
+            await service.open(SYSTEM, command)
 
     await asyncio.gather(*(one(n) for n in range(count)))
 
@@ -264,7 +260,7 @@ async def _phases(
     receiver: str,
     pool: asyncpg.Pool,
 ) -> dict[str, Any]:
-    service = IssueService(pool, ReferenceData(pool))
+    service = issue_service(pool)
     await _wait_up(http, receiver)
     subs = args.subscriptions
     # Warm-up: the consumer group join and first connections are not part of the figures.

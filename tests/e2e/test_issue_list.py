@@ -19,9 +19,9 @@ from tests.fixtures import infra
 from tests.fixtures.api import create_vendor, open_issue, run_command
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 from tierline.domain import commands as c
-from tierline.service_layer.issues import SYSTEM, IssueService
-from tierline.service_layer.reference import ReferenceData
+from tierline.service_layer.issues import SYSTEM
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import issue_service
 
 T = TypeVar("T")
 # One stack for the module: its tests use vendors of their own and filter by them.
@@ -103,18 +103,13 @@ async def record_breach(stack: Stack, issue_id: str) -> int:
     pool = await create_pool(stack.settings.database_url, min_size=1, max_size=2)
     later = datetime.now(UTC) + timedelta(days=3)
     try:
-        service = IssueService(pool, ReferenceData(pool), clock=lambda: later)
+        service = issue_service(pool, clock=lambda: later)
         issue = await service.get(SYSTEM, issue_id)
         respond = next(k for k in issue.clocks if k.kind == "respond" and k.state == "running")
-        _, body, _ = await service.execute(
-            SYSTEM,
-            issue_id,
-            c.RecordSlaBreach(clock_id=respond.id),
-            lambda issue, _: (200, {"version": issue.version}, {}),
-        )
+        outcome = await service.execute(SYSTEM, issue_id, c.RecordSlaBreach(clock_id=respond.id))
     finally:
         await pool.close()
-    return int(body["version"])
+    return outcome.issue.version
 
 
 async def scorecard(http: aiohttp.ClientSession, vendor_id: str, **query: Any) -> dict[str, Any]:

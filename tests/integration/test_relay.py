@@ -17,9 +17,9 @@ from tierline.domain.governance import Vendor
 from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
 from tierline.eventlog.consumer import LogConsumer
 from tierline.relay.relay import Relay
-from tierline.service_layer.issues import SYSTEM, IssueService
-from tierline.service_layer.reference import ReferenceData
+from tierline.service_layer.issues import SYSTEM
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import issue_service
 from tierline.store.vendors import insert_vendor
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
@@ -30,26 +30,21 @@ WHERE a.query LIKE 'SELECT pg_try_advisory_lock%' AND a.state = 'idle'
 """
 
 
-def _render(issue, created):  # type: ignore[no-untyped-def]
-    return 200, {"id": issue.id}, {}
-
-
 async def write_history(database_url: str, issues: int, comments: int) -> int:
     """Open issues and add comments through the real write path; returns the event count."""
     pool = await create_pool(database_url, min_size=1, max_size=4)
     try:
         await insert_vendor(pool, Vendor(id="acme", name="Acme"))
-        service = IssueService(pool, ReferenceData(pool))
+        service = issue_service(pool)
         ids = []
         for n in range(issues):
             command = c.OpenIssue(
                 vendor_id="acme", title=f"i{n}", category="quality", priority="P3"
             )
-            _, body, _ = await service.open(SYSTEM, command, _render)
-            ids.append(body["id"])
+            ids.append((await service.open(SYSTEM, command)).issue.id)
         for round_ in range(comments):
             await asyncio.gather(
-                *(service.execute(SYSTEM, i, c.AddComment(body=f"c{round_}"), _render) for i in ids)
+                *(service.execute(SYSTEM, i, c.AddComment(body=f"c{round_}")) for i in ids)
             )
         return int(await pool.fetchval("SELECT count(*) FROM events"))
     finally:
@@ -186,9 +181,9 @@ async def test_standby_relay_takes_over(database_url: str, tansu: str, topic: st
 async def write_history_more(database_url: str) -> int:
     pool = await create_pool(database_url, min_size=1, max_size=2)
     try:
-        service = IssueService(pool, ReferenceData(pool))
+        service = issue_service(pool)
         command = c.OpenIssue(vendor_id="acme", title="late", category="other", priority="P4")
-        await service.open(SYSTEM, command, _render)
+        await service.open(SYSTEM, command)
         return 1
     finally:
         await pool.close()

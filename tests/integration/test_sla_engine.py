@@ -22,11 +22,12 @@ from tierline.domain.governance import Governance, Priority, SlaPolicy, Tier, Ve
 from tierline.domain.issue import Issue
 from tierline.eventlog.cloudevents import LogEvent
 from tierline.eventlog.consumer import Record, apply_batch
-from tierline.service_layer.issues import SYSTEM, IssueService, Response
+from tierline.service_layer.issues import SYSTEM, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import ClockTable, IssueClocks
 from tierline.sla.scanner import SlaScanner, command_for
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import issue_service
 from tierline.store.vendors import insert_vendor, replace_governance
 
 T0 = datetime(2026, 1, 5, 8, 0, tzinfo=UTC)
@@ -72,11 +73,6 @@ def governance(*policies: SlaPolicy, tiers: int = 3) -> Governance:
     )
 
 
-def keep_issue(issue: Issue, created: bool) -> Response:
-    """A render that returns the issue itself."""
-    return 200, issue, {}
-
-
 @dataclass
 class SlaHarness:
     """The write path, clock table and scanners on one test database, on a fake clock."""
@@ -94,7 +90,7 @@ class SlaHarness:
         reference = ReferenceData(self.pool)
         scanner = SlaScanner(
             pool=self.pool,
-            service=IssueService(self.pool, reference, clock=self.clock),
+            service=issue_service(self.pool, reference, clock=self.clock),
             reference=reference,
             clock_table=ClockTable(reference),
             now=self.clock,
@@ -106,15 +102,11 @@ class SlaHarness:
     async def open(self, priority: Priority = "P1", vendor_id: str = "acme") -> Issue:
         """Open an issue at the fake clock's time."""
         command = c.OpenIssue(vendor_id=vendor_id, title="t", category="quality", priority=priority)
-        _, body, _ = await self.service.open(SYSTEM, command, keep_issue)
-        assert isinstance(body, Issue)
-        return body
+        return (await self.service.open(SYSTEM, command)).issue
 
     async def run(self, issue_id: str, command: c.Command) -> Issue:
         """Run a command at the fake clock's time."""
-        _, body, _ = await self.service.execute(SYSTEM, issue_id, command, keep_issue)
-        assert isinstance(body, Issue)
-        return body
+        return (await self.service.execute(SYSTEM, issue_id, command)).issue
 
     async def set_governance(self, document: Governance) -> None:
         """Replace the governance document, as `PUT /v1/governance` does."""
@@ -174,7 +166,7 @@ async def sla_harness(
             await insert_vendor(pool, vendor)
         clock = FakeClock()
         reference = ReferenceData(pool)
-        service = IssueService(pool, reference, clock=clock)
+        service = issue_service(pool, reference, clock=clock)
         harness = SlaHarness(pool, clock, reference, service, ClockTable(reference))
         await harness.set_governance(document)
         await harness.catch_up()

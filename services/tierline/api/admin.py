@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 from aiohttp import web
 from pydantic import ValidationError
 
-from tierline.api.keys import KEY_CACHE, POOL, REFERENCE
+from tierline.api.idempotency import Rendered, answer_once
+from tierline.api.keys import KEY_CACHE, POOL, REFERENCE, UNITS
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     RouteTable,
@@ -37,6 +38,7 @@ from tierline.service_layer.vendors import (
 )
 from tierline.store import api_keys as key_store
 from tierline.store import vendors as vendor_store
+from tierline.store.unit_of_work import PostgresUnitOfWork
 from tierline.store.vendors import VendorRecord
 
 routes = RouteTable()
@@ -73,21 +75,27 @@ def _vendor_response(
     roles=("admin",),
     errors=(409, 422),
     headers=("ETag", "Location"),
+    idempotent=True,
 )
 async def create_vendor(request: web.Request) -> web.Response:
-    vendor, _ = await read_model(request, Vendor)
-    pool = request.app[POOL]
-    _, governance = await vendor_store.current_governance(pool)
+    vendor, payload = await read_model(request, Vendor)
+    _, governance = await vendor_store.current_governance(request.app[POOL])
     try:
         vendor.check(governance)
     except InvalidVendorChange as exc:
         raise _invalid(exc) from None
+
+    async def work(uow: PostgresUnitOfWork) -> Rendered:
+        await vendor_store.insert_vendor(uow.connection, vendor)
+        body = VendorOut.of(VendorRecord(vendor, 1), governance).model_dump(mode="json")
+        return 201, body, {"ETag": etag(1), "Location": f"/v1/vendors/{vendor.id}"}
+
     try:
-        await vendor_store.insert_vendor(pool, vendor)
+        answer = await answer_once(request, payload, request.app[UNITS], work)
     except vendor_store.DuplicateVendor:
         raise Problem(409, "duplicate", f"vendor {vendor.id!r} exists already") from None
     await request.app[REFERENCE].refresh()
-    return _vendor_response(VendorRecord(vendor, 1), governance, status=201)
+    return answer
 
 
 @routes.route(
@@ -257,10 +265,11 @@ def _check_calendars(governance: Governance) -> None:
     response=ApiKeyOut,
     status=201,
     roles=("admin",),
-    errors=(400, 401, 403, 422),
+    errors=(422,),
+    idempotent=True,
 )
 async def create_api_key(request: web.Request) -> web.Response:
-    body, _ = await read_model(request, CreateApiKey)
+    body, payload = await read_model(request, CreateApiKey)
     if (body.role == "vendor") != (body.vendor_id is not None):
         raise Problem(
             422,
@@ -271,10 +280,15 @@ async def create_api_key(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     if body.vendor_id is not None and await vendor_store.get_vendor(pool, body.vendor_id) is None:
         raise Problem(422, "unknown-vendor", f"vendor {body.vendor_id!r} is not registered")
-    key, secret = await key_store.create_api_key(
-        pool, name=body.name, role=body.role, vendor_id=body.vendor_id
-    )
-    return json_response(ApiKeyOut.of(key, secret), status=201)
+
+    async def work(uow: PostgresUnitOfWork) -> Rendered:
+        key, secret = await key_store.create_api_key(
+            uow.connection, name=body.name, role=body.role, vendor_id=body.vendor_id
+        )
+        return 201, ApiKeyOut.of(key, secret).model_dump(mode="json"), {}
+
+    # A retry shows the key again; the stored answer holds it sealed, like webhook secrets.
+    return await answer_once(request, payload, request.app[UNITS], work, secret_field="key")
 
 
 @routes.route(

@@ -27,6 +27,7 @@ from tierline.api.keys import (
     RATE_LIMITER,
     REFERENCE,
     SETTINGS,
+    UNITS,
 )
 from tierline.api.openapi import build_openapi
 from tierline.api.problems import Problem, problem_response
@@ -39,6 +40,7 @@ from tierline.projector import api as read_model_api
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 from tierline.webhooks import api as webhook_api
 
 log = structlog.get_logger(__name__)
@@ -265,7 +267,8 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     reference = ReferenceData(pool)
     app[POOL] = pool
     app[REFERENCE] = reference
-    app[ISSUES] = IssueService(pool, reference)
+    app[UNITS] = PostgresUnitOfWorkFactory(pool, reference)
+    app[ISSUES] = IssueService(app[UNITS])
     app[KEY_CACHE] = ApiKeyCache(pool, settings.database_url)
     app[KEY_CACHE].start()
     yield

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from tierline.api.keys import ISSUES, POOL
+from tierline.api.idempotency import Rendered, answer_once
+from tierline.api.keys import ISSUES, POOL, UNITS
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     RouteTable,
@@ -13,49 +14,34 @@ from tierline.api.registry import (
     json_response,
     principal,
     read_model,
-    request_hash,
 )
 from tierline.api.schemas import EventPage, IssueOut
 from tierline.domain import commands as c
-from tierline.domain.issue import InvalidTransition, Issue
+from tierline.domain.issue import InvalidTransition
 from tierline.eventlog.cloudevents import stored_to_structured
 from tierline.service_layer.issues import (
     ExternalRefConflict,
-    IdempotencyRequest,
     IssueNotFound,
+    Outcome,
     PreconditionFailed,
-    Response,
     UnknownVendor,
 )
+from tierline.service_layer.unit_of_work import UnitOfWork
 from tierline.store.event_store import stream_events
-from tierline.store.idempotency import IdempotencyKeyReused
 
 routes = RouteTable()
 WRITERS = ("admin", "integration", "vendor")
 TRACEPARENT_KEY = web.RequestKey("traceparent", str)
 
 
-def _render_open(issue: Issue, created: bool) -> Response:
-    headers = {"ETag": etag(issue.version), "Location": f"/v1/issues/{issue.id}"}
-    return (201 if created else 200), IssueOut.of(issue).model_dump(mode="json"), headers
-
-
-def _render_command(issue: Issue, created: bool) -> Response:
-    return 200, IssueOut.of(issue).model_dump(mode="json"), {"ETag": etag(issue.version)}
-
-
-def _idempotency(request: web.Request, payload: object) -> IdempotencyRequest | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        return None
-    if not 1 <= len(key) <= 255:
-        raise Problem(400, "malformed-request", "Idempotency-Key must be 1..255 characters")
-    return IdempotencyRequest(key=key, request_hash=request_hash(request, payload))
-
-
-def _answer(response: Response) -> web.Response:
-    status, body, headers = response
-    return json_response(body, status=status, headers=headers)
+def _rendered(outcome: Outcome, *, opening: bool = False) -> Rendered:
+    """An outcome as the API answers it: 201 + Location for a new issue, else 200."""
+    issue = outcome.issue
+    headers = {"ETag": etag(issue.version)}
+    if opening:
+        headers["Location"] = f"/v1/issues/{issue.id}"
+    status = 201 if outcome.created else 200
+    return status, IssueOut.of(issue).model_dump(mode="json"), headers
 
 
 @routes.route(
@@ -77,25 +63,22 @@ def _answer(response: Response) -> web.Response:
 )
 async def open_issue(request: web.Request) -> web.Response:
     command, payload = await read_model(request, c.OpenIssue)
-    who = principal(request)
-    try:
-        response = await request.app[ISSUES].open(
-            who,
-            command,
-            _render_open,
-            _idempotency(request, payload),
-            request.get(TRACEPARENT_KEY),
+    who, service = principal(request), request.app[ISSUES]
+
+    async def work(uow: UnitOfWork) -> Rendered:
+        outcome = await service.open(
+            who, command, uow=uow, traceparent=request.get(TRACEPARENT_KEY)
         )
+        return _rendered(outcome, opening=True)
+
+    try:
+        return await answer_once(request, payload, request.app[UNITS], work)
     except UnknownVendor:
         raise Problem(
             422,
             "unknown-vendor",
             f"vendor {command.vendor_id!r} is not registered",
             errors=[{"pointer": "#/vendor_id", "field": "vendor_id", "detail": "unknown vendor"}],
-        ) from None
-    except IdempotencyKeyReused:
-        raise Problem(
-            422, "idempotency-key-reused", "the key was used for another request"
         ) from None
     except ExternalRefConflict:
         # The same answer for every caller and every other owner: nothing of it is revealed.
@@ -105,7 +88,6 @@ async def open_issue(request: web.Request) -> web.Response:
             "this external_ref is already registered for another vendor",
             errors=[{"pointer": "#/external_ref", "field": "external_ref", "detail": "in use"}],
         ) from None
-    return _answer(response)
 
 
 @routes.route(
@@ -146,16 +128,22 @@ async def issue_events(request: web.Request) -> web.Response:
 def _command_handler(model: type[c.Command]) -> None:
     async def handle(request: web.Request) -> web.Response:
         command, payload = await read_model(request, model)
-        try:
-            response = await request.app[ISSUES].execute(
-                principal(request),
-                request.match_info["issue_id"],
+        who, service = principal(request), request.app[ISSUES]
+        issue_id, if_match = request.match_info["issue_id"], if_match_version(request)
+
+        async def work(uow: UnitOfWork) -> Rendered:
+            outcome = await service.execute(
+                who,
+                issue_id,
                 command,
-                _render_command,
-                if_match=if_match_version(request),
-                idem=_idempotency(request, payload),
+                if_match=if_match,
+                uow=uow,
                 traceparent=request.get(TRACEPARENT_KEY),
             )
+            return _rendered(outcome)
+
+        try:
+            return await answer_once(request, payload, request.app[UNITS], work)
         except IssueNotFound:
             raise Problem(404, "not-found", "no such issue") from None
         except PreconditionFailed as exc:
@@ -167,11 +155,6 @@ def _command_handler(model: type[c.Command]) -> None:
             ) from None
         except InvalidTransition as exc:
             raise Problem(409, "invalid-transition", exc.detail, status_now=exc.status) from None
-        except IdempotencyKeyReused:
-            raise Problem(
-                422, "idempotency-key-reused", "the key was used for another request"
-            ) from None
-        return _answer(response)
 
     handle.__name__ = f"command_{model.route}"
     routes.route(

@@ -12,11 +12,13 @@ from tierline.api.ratelimit import RateLimiter
 from tierline.config import Settings
 from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
+from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 REFERENCE = web.AppKey("reference", ReferenceData)
 ISSUES = web.AppKey("issues", IssueService)
+UNITS = web.AppKey("units", PostgresUnitOfWorkFactory)
 OPENAPI = web.AppKey("openapi", dict[str, Any])
 KAFKA_BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
 KEY_CACHE = web.AppKey("key_cache", ApiKeyCache)

@@ -1,36 +1,34 @@
-"""Open issues and run commands against them: one transaction per command, once and only once."""
+"""Open issues and run commands against them: one unit of work per command, once and only once.
+
+The service knows nothing of HTTP. Each use case returns an `Outcome` (the issue after the
+command, the events it appended, whether it was created) and raises domain errors; adapters
+render those. Callers that must add their own effects to the same transaction, such as the
+API's idempotency records, pass the unit of work they opened (`uow=`).
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import asyncpg
 import structlog
 
 from tierline.domain import commands as c
 from tierline.domain.events import Event
-from tierline.domain.issue import Issue, decide, evolve
-from tierline.service_layer.reference import ReferenceData
-from tierline.store import idempotency
+from tierline.domain.issue import InvalidTransition, Issue, Rules, decide, evolve
+from tierline.service_layer.unit_of_work import (
+    ExternalRef,
+    NewEvent,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from tierline.store.api_keys import Role
-from tierline.store.event_store import NewEvent, append_events, lock_head, read_head
-from tierline.store.pool import Conn
 
 log = structlog.get_logger(__name__)
-
-FIND_REF = "SELECT stream_id, vendor_id FROM external_refs WHERE system = $1 AND key = $2"
-INSERT_REF = """
-INSERT INTO external_refs (system, key, stream_id, vendor_id) VALUES ($1, $2, $3, $4)
-ON CONFLICT DO NOTHING RETURNING 1
-"""
-
-# (status, body, headers) as the API answers; stored with the effects for idempotent retries.
-Response = tuple[int, Any, dict[str, str]]
-Render = Callable[[Issue, bool], Response]
+# A unit of work that lost a race runs again at most this often.
+RETRIES = 3
 
 
 @dataclass(frozen=True)
@@ -50,11 +48,12 @@ SYSTEM = Principal(key_id="system", role="admin")
 
 
 @dataclass(frozen=True)
-class IdempotencyRequest:
-    """The `Idempotency-Key` header and a hash of what was asked."""
+class Outcome:
+    """What a command did: the issue after it, the events it appended, whether it opened it."""
 
-    key: str
-    request_hash: str
+    issue: Issue
+    events: tuple[Event, ...] = ()
+    created: bool = False
 
 
 class IssueNotFound(Exception):
@@ -77,8 +76,9 @@ class ExternalRefConflict(Exception):
     """The external ref belongs to an issue of another vendor (which is not named)."""
 
 
-class _ExternalRefRaced(Exception):
-    """Another request registered the same external ref first; retry to return it."""
+class RetryUnitOfWork(Exception):
+    """A race was lost (another unit registered the same external ref first): run the whole
+    unit of work again, and it will find what the winner committed."""
 
 
 def _utcnow() -> datetime:
@@ -88,23 +88,15 @@ def _utcnow() -> datetime:
 class IssueService:
     """The write path for issues."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        reference: ReferenceData,
-        clock: Callable[[], datetime] = _utcnow,
-    ) -> None:
-        self._pool = pool
-        self._reference = reference
+    def __init__(self, units: UnitOfWorkFactory, clock: Callable[[], datetime] = _utcnow) -> None:
+        self.units = units
         self._clock = clock
 
     async def get(self, principal: Principal, issue_id: str) -> Issue:
         """The current issue from the write side's snapshot (read-your-writes)."""
-        head = await read_head(self._pool, issue_id)
-        if head is None:
-            raise IssueNotFound(issue_id)
-        issue = Issue.model_validate_json(head[1])
-        if not principal.may_see(issue.vendor_id):
+        async with self.units() as uow:
+            issue = await uow.issues.get(issue_id)
+        if issue is None or not principal.may_see(issue.vendor_id):
             raise IssueNotFound(issue_id)
         return issue
 
@@ -112,110 +104,129 @@ class IssueService:
         self,
         principal: Principal,
         command: c.OpenIssue,
-        render: Render,
-        idem: IdempotencyRequest | None = None,
+        *,
+        uow: UnitOfWork | None = None,
         traceparent: str | None = None,
-    ) -> Response:
-        """Open an issue, or return the existing one for a known external ref."""
+    ) -> Outcome:
+        """Open an issue, or return the existing one for a known external ref of its vendor."""
         if not principal.may_see(command.vendor_id):
             raise UnknownVendor(command.vendor_id)
-        rules = await self._reference.rules_for(command.vendor_id)
-        if rules is None:
-            raise UnknownVendor(command.vendor_id)
-        for _ in range(3):
+        if uow is not None:  # the caller retries its whole unit of work on RetryUnitOfWork
+            return await self._open_in(uow, command, traceparent)
+        for _ in range(RETRIES):
             try:
-                return await self._open_once(principal, command, render, idem, traceparent, rules)
-            except _ExternalRefRaced:
+                async with self.units() as own:
+                    return await self._open_in(own, command, traceparent)
+            except RetryUnitOfWork:
                 continue
         raise RuntimeError("external ref kept racing")
 
-    async def _open_once(
-        self,
-        principal: Principal,
-        command: c.OpenIssue,
-        render: Render,
-        idem: IdempotencyRequest | None,
-        traceparent: str | None,
-        rules: Any,
-    ) -> Response:
-        async with self._pool.acquire() as conn, conn.transaction():
-            if idem is not None:
-                stored = await idempotency.claim(
-                    conn, principal.key_id, idem.key, idem.request_hash
-                )
-                if stored is not None:
-                    return stored.status, stored.body, stored.headers
-            if command.external_ref is not None:
-                existing = await self._by_external_ref(conn, command.external_ref, command)
-                if existing is not None:
-                    return await self._finish(conn, principal, idem, render(existing, False))
-            issue_id = str(uuid.uuid4())
-            now = self._clock()
-            events = decide(None, command, now, rules)
-            issue = await self._append(conn, issue_id, None, events, now, traceparent)
-            if command.external_ref is not None:
-                system, key = command.external_ref.split(":", 1)
-                inserted = await conn.fetchval(INSERT_REF, system, key, issue_id, command.vendor_id)
-                if inserted is None:
-                    raise _ExternalRefRaced()
-            log.info("issue_opened", issue_id=issue_id, vendor_id=command.vendor_id)
-            return await self._finish(conn, principal, idem, render(issue, True))
+    async def _open_in(
+        self, uow: UnitOfWork, command: c.OpenIssue, traceparent: str | None
+    ) -> Outcome:
+        rules = await uow.rules_for(command.vendor_id)
+        if rules is None:
+            raise UnknownVendor(command.vendor_id)
+        ref = _split_ref(command.external_ref)
+        if ref is not None:
+            existing = await self._by_external_ref(uow, ref, command.vendor_id)
+            if existing is not None:
+                return Outcome(existing)
+        issue_id = str(uuid.uuid4())
+        now = self._clock()
+        events = decide(None, command, now, rules)
+        issue = await self._append(uow, issue_id, None, events, now, traceparent)
+        if ref is not None and not await uow.issues.add_ref(
+            *ref, ExternalRef(issue_id, command.vendor_id)
+        ):
+            raise RetryUnitOfWork()
+        log.info("issue_opened", issue_id=issue_id, vendor_id=command.vendor_id)
+        return Outcome(issue, tuple(events), created=True)
 
-    async def _by_external_ref(self, conn: Conn, ref: str, command: c.OpenIssue) -> Issue | None:
+    async def _by_external_ref(
+        self, uow: UnitOfWork, ref: tuple[str, str], vendor_id: str
+    ) -> Issue | None:
         """The issue a ref already names, when it is this vendor's; another vendor's is a conflict.
 
         The vendor is compared before the issue is read, so a ref of another vendor yields
         nothing of that issue, to any caller: the same answer whoever asks.
         """
-        system, key = ref.split(":", 1)
-        row = await conn.fetchrow(FIND_REF, system, key)
-        if row is None:
+        found = await uow.issues.find_ref(*ref)
+        if found is None:
             return None
-        if row["vendor_id"] != command.vendor_id:
+        if found.vendor_id != vendor_id:
             raise ExternalRefConflict()
-        head = await read_head(conn, row["stream_id"])
-        assert head is not None
-        return Issue.model_validate_json(head[1])
+        issue = await uow.issues.get(found.issue_id)
+        assert issue is not None, "an external ref names an issue that is not stored"
+        return issue
 
     async def execute(
         self,
         principal: Principal,
         issue_id: str,
         command: c.Command,
-        render: Render,
         *,
         if_match: int | None = None,
-        idem: IdempotencyRequest | None = None,
+        uow: UnitOfWork | None = None,
         traceparent: str | None = None,
-    ) -> Response:
-        """Run one command against an issue inside one transaction."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            if idem is not None:
-                stored = await idempotency.claim(
-                    conn, principal.key_id, idem.key, idem.request_hash
+    ) -> Outcome:
+        """Run one command against an issue inside one unit of work."""
+        if uow is None:
+            async with self.units() as own:
+                return await self._execute_in(
+                    own, principal, issue_id, command, if_match, traceparent
                 )
-                if stored is not None:
-                    return stored.status, stored.body, stored.headers
-            head = await lock_head(conn, issue_id)
-            if head is None:
-                raise IssueNotFound(issue_id)
-            issue = Issue.model_validate_json(head[1])
-            if not principal.may_see(issue.vendor_id):
-                raise IssueNotFound(issue_id)
-            if if_match is not None and if_match != issue.version:
-                raise PreconditionFailed(issue.version)
-            rules = await self._reference.rules_for(issue.vendor_id, conn)
-            if rules is None:
-                raise UnknownVendor(issue.vendor_id)
-            now = max(self._clock(), issue.updated_at)
-            events = decide(issue, command, now, rules)
-            if events:
-                issue = await self._append(conn, issue_id, issue, events, now, traceparent)
-            return await self._finish(conn, principal, idem, render(issue, False))
+        return await self._execute_in(uow, principal, issue_id, command, if_match, traceparent)
+
+    async def execute_many(
+        self, commands: Sequence[tuple[str, c.Command]], *, principal: Principal = SYSTEM
+    ) -> list[Outcome | IssueNotFound | InvalidTransition | UnknownVendor]:
+        """Run commands against many issues in one unit of work (the SLA engine's batches).
+
+        Each command is decided and appended exactly as `execute` would, in the given order;
+        one that the domain refuses is answered with its error and changes nothing, the others
+        still commit together. Issues are locked in id order, so two batches cannot deadlock.
+        """
+        order = sorted(range(len(commands)), key=lambda i: commands[i][0])
+        answers: dict[int, Outcome | IssueNotFound | InvalidTransition | UnknownVendor] = {}
+        async with self.units() as uow:
+            for index in order:
+                issue_id, command = commands[index]
+                try:
+                    answers[index] = await self._execute_in(
+                        uow, principal, issue_id, command, None, None
+                    )
+                except (IssueNotFound, InvalidTransition, UnknownVendor) as refused:
+                    answers[index] = refused
+        return [answers[i] for i in range(len(commands))]
+
+    async def _execute_in(
+        self,
+        uow: UnitOfWork,
+        principal: Principal,
+        issue_id: str,
+        command: c.Command,
+        if_match: int | None,
+        traceparent: str | None,
+    ) -> Outcome:
+        issue = await uow.issues.get_for_update(issue_id)
+        if issue is None or not principal.may_see(issue.vendor_id):
+            raise IssueNotFound(issue_id)
+        if if_match is not None and if_match != issue.version:
+            raise PreconditionFailed(issue.version)
+        rules = await uow.rules_for(issue.vendor_id)
+        if rules is None:
+            raise UnknownVendor(issue.vendor_id)
+        now = max(self._clock(), issue.updated_at)
+        events = decide(issue, command, now, rules)
+        if not events:
+            return Outcome(issue)
+        issue = await self._append(uow, issue_id, issue, events, now, traceparent)
+        return Outcome(issue, tuple(events))
 
     async def _append(
         self,
-        conn: Conn,
+        uow: UnitOfWork,
         issue_id: str,
         issue: Issue | None,
         events: list[Event],
@@ -227,26 +238,32 @@ class IssueService:
         for offset, event in enumerate(events, start=1):
             state = evolve(state, event, issue_id=issue_id, version=expected + offset, at=now)
         assert state is not None
-        await append_events(
-            conn,
-            stream_id=issue_id,
-            stream_type="issue",
-            vendor_id=state.vendor_id,
-            expected_version=expected,
-            events=[NewEvent(ev.event_type(), ev.model_dump_json()) for ev in events],
-            snapshot_json=state.model_dump_json(),
-            time=now,
-            traceparent=traceparent,
+        await uow.issues.append(
+            state,
+            expected,
+            [NewEvent(ev.event_type(), ev.model_dump_json()) for ev in events],
+            now,
+            traceparent,
         )
         return state
 
-    async def _finish(
-        self,
-        conn: Conn,
-        principal: Principal,
-        idem: IdempotencyRequest | None,
-        response: Response,
-    ) -> Response:
-        if idem is not None:
-            await idempotency.complete(conn, principal.key_id, idem.key, *response)
-        return response
+
+def _split_ref(ref: str | None) -> tuple[str, str] | None:
+    if ref is None:
+        return None
+    system, key = ref.split(":", 1)
+    return system, key
+
+
+__all__ = [
+    "SYSTEM",
+    "ExternalRefConflict",
+    "IssueNotFound",
+    "IssueService",
+    "Outcome",
+    "PreconditionFailed",
+    "Principal",
+    "RetryUnitOfWork",
+    "Rules",
+    "UnknownVendor",
+]

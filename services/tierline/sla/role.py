@@ -14,6 +14,7 @@ from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import ClockTable
 from tierline.sla.scanner import SlaScanner
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,7 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
         )
         scanner = SlaScanner(
             pool=pool,
-            service=IssueService(pool, reference),
+            service=IssueService(PostgresUnitOfWorkFactory(pool, reference)),
             reference=reference,
             clock_table=clock_table,
             batch_size=settings.sla_max_batch,

@@ -29,7 +29,7 @@ from prometheus_client import Counter, Histogram
 
 from tierline.domain import commands as c
 from tierline.domain.issue import Issue
-from tierline.service_layer.issues import SYSTEM, IssueNotFound, IssueService, Response
+from tierline.service_layer.issues import SYSTEM, IssueNotFound, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import NOTIFY_CHANNEL, NOTIFY_HORIZON, ClockTable, IssueClocks
 from tierline.supervise import sleep_or_stop, supervise
@@ -102,11 +102,6 @@ SELECT least(
 
 def _utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _snapshot(issue: Issue, created: bool) -> Response:
-    """A render for `IssueService.execute` that hands back the issue itself."""
-    return 200, issue, {}
 
 
 @dataclass(frozen=True)
@@ -277,7 +272,7 @@ class SlaScanner:
         name = type(command).__name__
         LATENESS.observe(max(0.0, (now - due.fire_at).total_seconds()))
         try:
-            _, issue, _ = await self._service.execute(SYSTEM, due.issue_id, command, _snapshot)
+            issue = (await self._service.execute(SYSTEM, due.issue_id, command)).issue
         except IssueNotFound:
             await self._pool.execute(FORGET_ISSUE, due.issue_id)
             return None
@@ -292,7 +287,6 @@ class SlaScanner:
                 error=repr(exc),
             )
             return None
-        assert isinstance(issue, Issue)
         COMMANDS.labels(name, _result(issue, command)).inc()
         return issue
 
@@ -340,7 +334,7 @@ class SlaScanner:
     async def recompute(self, issue_id: str) -> Issue | None:
         """Retarget an issue's live clocks to the policy and calendar in force, keeping elapsed."""
         try:
-            _, issue, _ = await self._service.execute(SYSTEM, issue_id, c.RecomputeSla(), _snapshot)
+            issue = (await self._service.execute(SYSTEM, issue_id, c.RecomputeSla())).issue
         except IssueNotFound:
             await self._pool.execute(FINISH_RECOMPUTE, [issue_id], [2**31 - 1], [2**31 - 1])
             return None
@@ -348,6 +342,5 @@ class SlaScanner:
             # Left queued: the lease brings it back.
             log.error("sla_recompute_failed", issue_id=issue_id, error=repr(exc))
             return None
-        assert isinstance(issue, Issue)
         RECOMPUTED.inc()
         return issue

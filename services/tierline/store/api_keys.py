@@ -11,6 +11,8 @@ from typing import Literal
 
 import asyncpg
 
+from tierline.store.pool import Conn
+
 Role = Literal["admin", "integration", "vendor", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "integration", "vendor", "viewer")
 KEY_PREFIX = "tl_"
@@ -65,7 +67,7 @@ def new_key() -> str:
 
 
 async def create_api_key(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Conn | asyncpg.Pool,
     *,
     name: str,
     role: Role,
@@ -82,13 +84,13 @@ async def create_api_key(
     return found, key
 
 
-async def find_api_key(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> ApiKey | None:
+async def find_api_key(conn: Conn | asyncpg.Pool, key: str) -> ApiKey | None:
     """The live key with this secret, or None."""
     row = await conn.fetchrow(FIND_KEY, hash_key(key))
     return None if row is None else ApiKey(*row)
 
 
-async def key_was_revoked(conn: asyncpg.Connection | asyncpg.Pool, key: str) -> bool:
+async def key_was_revoked(conn: Conn | asyncpg.Pool, key: str) -> bool:
     """Whether this key was stored once and has been revoked since."""
     return bool(await conn.fetchval(KEY_REVOKED, hash_key(key)))
 

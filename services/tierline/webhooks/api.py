@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, cast
 
-import asyncpg
 import structlog
 from aiohttp import web
 
-from tierline import secretbox
-from tierline.api.keys import POOL, SETTINGS
+from tierline.api.idempotency import Rendered, answer_once
+from tierline.api.keys import POOL, SETTINGS, UNITS
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     Query,
@@ -24,11 +20,10 @@ from tierline.api.registry import (
     principal,
     query_int,
     read_model,
-    request_hash,
 )
 from tierline.service_layer.issues import Principal
-from tierline.store import idempotency
 from tierline.store import vendors as vendor_store
+from tierline.store.unit_of_work import PostgresUnitOfWork
 from tierline.webhooks import deliveries as delivery_store
 from tierline.webhooks import subscriptions as sub_store
 from tierline.webhooks.models import (
@@ -52,13 +47,6 @@ MANAGERS = ("admin", "integration", "vendor")
 STATUSES = ("pending", "failed", "delivered", "dead")
 MAX_LIMIT = 500
 LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}
-
-
-@contextlib.asynccontextmanager
-async def _transaction(request: web.Request) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection inside a transaction."""
-    async with request.app[POOL].acquire() as proxy, proxy.transaction():
-        yield cast(asyncpg.Connection, proxy)
 
 
 def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
@@ -134,52 +122,6 @@ async def _subscription_vendor(request: web.Request, body: CreateWebhook) -> str
     return vendor_id
 
 
-def _idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise Problem(400, "malformed-request", "Idempotency-Key must be 1..255 characters")
-    return key
-
-
-async def _replayed(
-    conn: asyncpg.Connection, request: web.Request, key: str | None, payload: Any
-) -> web.Response | None:
-    """The stored response of an earlier request with this Idempotency-Key, if any."""
-    if key is None:
-        return None
-    try:
-        stored = await idempotency.claim(
-            conn, principal(request).key_id, key, request_hash(request, payload)
-        )
-    except idempotency.IdempotencyKeyReused:
-        raise Problem(
-            422, "idempotency-key-reused", "the key was used for another request"
-        ) from None
-    if stored is None:
-        return None
-    body = dict(stored.body)
-    if isinstance(body.get("secret"), str):  # sealed when stored, like the subscription's own
-        body["secret"] = secretbox.current().open(body["secret"])
-    return json_response(body, status=stored.status, headers=stored.headers)
-
-
-async def _remember(
-    conn: asyncpg.Connection,
-    request: web.Request,
-    key: str | None,
-    status: int,
-    body: WebhookOut,
-    headers: dict[str, str],
-) -> web.Response:
-    """Store the response for retries with the same key, then answer it."""
-    if key is not None:
-        stored = body.model_dump(mode="json")
-        if body.secret is not None:  # a retry must see it again; the table must not
-            stored["secret"] = secretbox.current().seal(body.secret)
-        await idempotency.complete(conn, principal(request).key_id, key, status, stored, headers)
-    return json_response(body, status=status, headers=headers)
-
-
 @routes.route(
     "POST",
     "/v1/webhooks",
@@ -195,16 +137,13 @@ async def _remember(
 )
 async def create_webhook(request: web.Request) -> web.Response:
     body, payload = await read_model(request, CreateWebhook)
-    key = _idempotency_key(request)
     vendor_id = await _subscription_vendor(request, body)
     await _check_url(request, body.url)
-    async with _transaction(request) as conn:
-        replay = await _replayed(conn, request, key, payload)
-        if replay is not None:
-            return replay
+
+    async def work(uow: PostgresUnitOfWork) -> Rendered:
         secret = new_secret()
         sub = await sub_store.insert_subscription(
-            conn,
+            uow.connection,
             url=body.url,
             event_types=body.event_types,
             vendor_id=vendor_id,
@@ -212,8 +151,10 @@ async def create_webhook(request: web.Request) -> web.Response:
             secret=secret,
         )
         log.info("webhook_subscription_created", webhook_id=str(sub.id), vendor_id=vendor_id)
-        headers = {"Location": f"/v1/webhooks/{sub.id}"}
-        return await _remember(conn, request, key, 201, WebhookOut.of(sub, secret), headers)
+        answer = WebhookOut.of(sub, secret).model_dump(mode="json")
+        return 201, answer, {"Location": f"/v1/webhooks/{sub.id}"}
+
+    return await answer_once(request, payload, request.app[UNITS], work, secret_field="secret")
 
 
 @routes.route(
@@ -311,17 +252,16 @@ async def delete_webhook(request: web.Request) -> web.Response:
 )
 async def rotate_webhook_secret(request: web.Request) -> web.Response:
     sub = await _visible_subscription(request)
-    key = _idempotency_key(request)
-    async with _transaction(request) as conn:
-        replay = await _replayed(conn, request, key, {})
-        if replay is not None:
-            return replay
+
+    async def work(uow: PostgresUnitOfWork) -> Rendered:
         secret = new_secret()
-        rotated = await sub_store.rotate_secret(conn, sub.id, secret)
+        rotated = await sub_store.rotate_secret(uow.connection, sub.id, secret)
         if rotated is None:
             raise Problem(404, "not-found", "no such webhook")
         log.info("webhook_secret_rotated", webhook_id=str(sub.id))
-        return await _remember(conn, request, key, 200, WebhookOut.of(rotated, secret), {})
+        return 200, WebhookOut.of(rotated, secret).model_dump(mode="json"), {}
+
+    return await answer_once(request, {}, request.app[UNITS], work, secret_field="secret")
 
 
 @routes.route(

@@ -1,0 +1,73 @@
+"""The one idempotency mechanism of the API: `Idempotency-Key` answered once, for every route.
+
+`answer_once` opens a unit of work, claims the key in it, runs the route's work in the same
+unit, and stores the rendered answer there too: the answer is recorded if and only if the
+effects commit. A retry with the same key and body gets the stored answer; the same key with
+another body is 422 `idempotency-key-reused`. Secrets in an answer (a webhook's signing secret,
+a new API key) are stored sealed with the secret key and unsealed for the retry, so the table
+never holds them in the clear. A unit of work that lost a race is run again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from tierline import secretbox
+from tierline.api.problems import Problem
+from tierline.api.registry import json_response, principal, request_hash
+from tierline.service_layer.issues import RETRIES, RetryUnitOfWork
+from tierline.service_layer.unit_of_work import IdempotencyKeyReused, UnitOfWork
+
+# (status, JSON-ready body, headers): what the route answers and what a retry gets back.
+Rendered = tuple[int, Any, dict[str, str]]
+U = TypeVar("U", bound=UnitOfWork)
+
+
+async def answer_once(
+    request: web.Request,
+    payload: Any,
+    units: Callable[[], U],
+    work: Callable[[U], Awaitable[Rendered]],
+    *,
+    secret_field: str | None = None,
+) -> web.Response:
+    """Run `work` in a unit of work, at most once per `Idempotency-Key` of the caller."""
+    key = request.headers.get("Idempotency-Key")
+    who = principal(request)
+    fingerprint = request_hash(request, payload)
+    for _ in range(RETRIES):
+        try:
+            uow = units()
+            async with uow:
+                if key is not None:
+                    stored = await uow.idempotency.claim(who.key_id, key, fingerprint)
+                    if stored is not None:
+                        body = _unsealed(stored.body, secret_field)
+                        return json_response(body, status=stored.status, headers=stored.headers)
+                status, body, headers = await work(uow)
+                if key is not None:
+                    sealed = _sealed(body, secret_field)
+                    await uow.idempotency.complete(who.key_id, key, status, sealed, headers)
+            return json_response(body, status=status, headers=headers)
+        except RetryUnitOfWork:
+            continue
+        except IdempotencyKeyReused:
+            raise Problem(
+                422, "idempotency-key-reused", "the key was used for another request"
+            ) from None
+    raise RuntimeError("the unit of work kept losing races")
+
+
+def _sealed(body: Any, field: str | None) -> Any:
+    if field is None or not isinstance(body, dict) or not isinstance(body.get(field), str):
+        return body
+    return {**body, field: secretbox.current().seal(body[field])}
+
+
+def _unsealed(body: Any, field: str | None) -> Any:
+    if field is None or not isinstance(body, dict) or not isinstance(body.get(field), str):
+        return body
+    return {**body, field: secretbox.current().open(body[field])}
