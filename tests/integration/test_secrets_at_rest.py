@@ -15,11 +15,10 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from tests.fixtures.api import add_vendor, call
 from tests.fixtures.stack import TEST_SECRET_KEY, Stack, running_stack, stack_settings
 from tests.integration.test_webhooks import (
     Receiver,
-    add_vendor,
-    call,
     open_issue,
     receiver_running,
     subscribe,

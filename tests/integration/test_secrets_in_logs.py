@@ -17,8 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.fixtures.api import add_vendor, call
 from tests.fixtures.stack import TEST_SECRET_KEY
-from tests.integration.test_webhooks import add_vendor, call, open_issue, receiver_running
+from tests.integration.test_webhooks import open_issue, receiver_running
 from tierline.devstack.process import free_port
 from tierline.store.api_keys import create_api_key
 from tierline.store.pool import create_pool

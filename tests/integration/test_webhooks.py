@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,6 +17,7 @@ from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.fixtures import infra
+from tests.fixtures.api import add_vendor, call
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
@@ -161,23 +161,6 @@ async def impatient(pg_admin_dsn: str, tansu: str) -> AsyncIterator[tuple[Stack,
     """A stack whose sender gives up on an attempt after 0.3 s."""
     async with webhook_stack(pg_admin_dsn, tansu, webhooks_timeout=0.3) as pair:
         yield pair
-
-
-async def call(
-    http: aiohttp.ClientSession, method: str, path: str, expect: int, body: Any = None
-) -> Any:
-    """One API call that must answer `expect`; its JSON body (None for 204)."""
-    async with http.request(method, path, json=body) as resp:
-        text = await resp.text()
-        assert resp.status == expect, f"{method} {path} -> {resp.status}: {text}"
-        return json.loads(text) if text else None
-
-
-async def add_vendor(http: aiohttp.ClientSession) -> str:
-    """A vendor only this test uses."""
-    vendor_id = f"v-{uuid.uuid4().hex[:10]}"
-    await call(http, "POST", "/v1/vendors", 201, {"id": vendor_id, "name": vendor_id.title()})
-    return vendor_id
 
 
 async def open_issue(

@@ -17,9 +17,9 @@ import asyncpg
 import pytest
 from aiohttp import web
 
+from tests.fixtures.api import add_vendor
 from tests.fixtures.stack import TEST_SECRET_KEY, running_stack, stack_settings
 from tests.integration.test_webhooks import (
-    add_vendor,
     eventually,
     open_issue,
     receiver_running,
