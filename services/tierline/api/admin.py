@@ -16,6 +16,7 @@ from tierline.api.registry import (
     etag,
     if_match_version,
     json_response,
+    precondition_failed,
     principal,
     read_model,
     validation_problem,
@@ -162,12 +163,7 @@ async def patch_vendor(request: web.Request) -> web.Response:
     except VendorNotFound:
         raise Problem(404, "not-found", "no such vendor") from None
     except VendorPreconditionFailed as exc:
-        raise Problem(
-            412,
-            "precondition-failed",
-            f"the vendor is at version {exc.current}",
-            current_version=exc.current,
-        ) from None
+        raise precondition_failed("vendor", exc.current) from None
     except InvalidVendorChange as exc:
         raise _invalid(exc) from None
     except ValidationError as exc:
@@ -226,12 +222,7 @@ async def put_governance(request: web.Request) -> web.Response:
                 conn, governance, datetime.now(UTC), expected_version=expected
             )
     except vendor_store.GovernanceMoved as exc:
-        raise Problem(
-            412,
-            "precondition-failed",
-            f"the governance document is at version {exc.current}",
-            current_version=exc.current,
-        ) from None
+        raise precondition_failed("governance document", exc.current) from None
     await request.app[REFERENCE].refresh()
     return await _governance_response(request)
 

@@ -12,6 +12,7 @@ from tierline.api.registry import (
     etag,
     if_match_version,
     json_response,
+    precondition_failed,
     principal,
     read_model,
 )
@@ -147,12 +148,7 @@ def _command_handler(model: type[c.Command]) -> None:
         except IssueNotFound:
             raise Problem(404, "not-found", "no such issue") from None
         except PreconditionFailed as exc:
-            raise Problem(
-                412,
-                "precondition-failed",
-                f"the issue is at version {exc.current}",
-                current_version=exc.current,
-            ) from None
+            raise precondition_failed("issue", exc.current) from None
         except InvalidTransition as exc:
             raise Problem(409, "invalid-transition", exc.detail, status_now=exc.status) from None
 

@@ -256,3 +256,13 @@ def if_match_version(request: web.Request) -> int | None:
 def etag(version: int) -> str:
     """The strong ETag of a version."""
     return f'"{version}"'
+
+
+def precondition_failed(what: str, current: int) -> Problem:
+    """412: `If-Match` (or a body's `version`) named another version than the current one."""
+    return Problem(
+        412,
+        "precondition-failed",
+        f"the {what} is at version {current}",
+        current_version=current,
+    )

@@ -8,6 +8,9 @@ from datetime import datetime
 
 import asyncpg
 
+# Re-exported: the write side appends the port's events and raises the port's conflict.
+from tierline.service_layer.unit_of_work import NewEvent as NewEvent
+from tierline.service_layer.unit_of_work import StreamVersionConflict as StreamVersionConflict
 from tierline.store.pool import Conn
 
 LOCK_HEAD = "SELECT version, snapshot::text FROM streams WHERE stream_id = $1 FOR UPDATE"
@@ -36,24 +39,6 @@ STREAM_EVENTS = """
 SELECT event_id, stream_id, version, type, time, data::text, traceparent, vendor_id
 FROM events WHERE stream_id = $1 ORDER BY version
 """
-
-
-class StreamVersionConflict(Exception):
-    """The stream is not at the version the writer expected."""
-
-    def __init__(self, stream_id: str, expected: int, actual: int) -> None:
-        self.stream_id = stream_id
-        self.expected = expected
-        self.actual = actual
-        super().__init__(f"stream {stream_id} is at version {actual}, expected {expected}")
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    """An event ready to append: type name and JSON data."""
-
-    type: str
-    data_json: str
 
 
 @dataclass(frozen=True)
@@ -116,9 +101,9 @@ async def append_events(
             expected_version,
         )
     except asyncpg.UniqueViolationError as exc:
-        raise StreamVersionConflict(stream_id, expected_version, -1) from exc
+        raise StreamVersionConflict(stream_id, expected_version) from exc
     if row is None:
-        raise StreamVersionConflict(stream_id, expected_version, -1)
+        raise StreamVersionConflict(stream_id, expected_version)
     return ids
 
 

@@ -50,20 +50,17 @@ class PostgresIssueStore:
         traceparent: str | None,
     ) -> None:
         """Events and the new head in one statement (see `event_store.APPEND`)."""
-        try:
-            await event_store.append_events(
-                self._conn,
-                stream_id=issue.id,
-                stream_type="issue",
-                vendor_id=issue.vendor_id,
-                expected_version=expected_version,
-                events=[event_store.NewEvent(e.type, e.data_json) for e in events],
-                snapshot_json=issue.model_dump_json(),
-                time=time,
-                traceparent=traceparent,
-            )
-        except event_store.StreamVersionConflict as exc:
-            raise port.StreamVersionConflict(issue.id, expected_version) from exc
+        await event_store.append_events(
+            self._conn,
+            stream_id=issue.id,
+            stream_type="issue",
+            vendor_id=issue.vendor_id,
+            expected_version=expected_version,
+            events=events,
+            snapshot_json=issue.model_dump_json(),
+            time=time,
+            traceparent=traceparent,
+        )
 
     async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:
         """The issue and vendor that registered this ref."""
