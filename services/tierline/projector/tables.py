@@ -25,7 +25,7 @@ from tierline.projector.fold import (
     clock_record,
     clock_row,
     encode_json,
-    summarize_clocks,
+    issue_clock_summary,
 )
 
 LIVE_SCHEMA = "read"
@@ -190,7 +190,7 @@ async def load_issues(
 
 def issue_values(row: IssueRow) -> list[Any]:
     """One issue's values in ISSUE_COLUMNS order (clocks as JSON text)."""
-    summary = summarize_clocks(row.clocks)
+    summary = issue_clock_summary(row)
     values = [getattr(row, name) for name in ISSUE_ROW_FIELDS[:-1]]
     return [
         *values,
