@@ -17,8 +17,11 @@ Budget: `MAX_EXAMPLES` per operation and phase, seed `SEED`.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
+import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -43,7 +46,8 @@ async def api(database_url: str, tansu: str, topic: str) -> AsyncIterator[Stack]
 
 
 async def schemathesis(stack: Stack, key: str, *args: str) -> tuple[int, str]:
-    """Run the CLI against the stack; its exit code and output."""
+    """Run the CLI against the stack; its exit code and output (with the checks it ran)."""
+    events = Path(tempfile.mkdtemp(prefix="schemathesis-")) / "events.ndjson"
     proc = await asyncio.create_subprocess_exec(
         str(SCHEMATHESIS),
         "--config-file",
@@ -63,13 +67,32 @@ async def schemathesis(stack: Stack, key: str, *args: str) -> tuple[int, str]:
         "--no-shrink",
         "--output-truncate",
         "true",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(events),
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "NO_COLOR": "1"},
     )
     out, _ = await proc.communicate()
+    counts = checks_run(events)
+    print(f"schemathesis {' '.join(args)}: {json.dumps(counts, sort_keys=True)}")
+    assert counts, "schemathesis ran no checks"
     return proc.returncode or 0, out.decode(errors="replace")
+
+
+def checks_run(events: Path) -> dict[str, int]:
+    """How many responses each check looked at, from the run's NDJSON event log."""
+    counts: Counter[str] = Counter()
+    for line in events.read_text().splitlines():
+        finished = json.loads(line).get("ScenarioFinished")
+        if finished is None:
+            continue
+        for checks in finished.get("recorder", {}).get("checks", {}).values():
+            counts.update(check["name"] for check in checks)
+    return dict(counts)
 
 
 def summary(output: str) -> str:
