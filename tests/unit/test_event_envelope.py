@@ -24,6 +24,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "services" / "tierline"
 CONSUMER_MODULES = [
     PACKAGE / "eventlog" / "consumer.py",
     PACKAGE / "sla" / "clock_table.py",
+    PACKAGE / "sla" / "scanner.py",
     *sorted((PACKAGE / "webhooks").glob("*.py")),
     *sorted((PACKAGE / "projector").glob("*.py")),
 ]

@@ -73,6 +73,10 @@ class CloudEventOut(BaseModel):
     time: datetime
     sequence: str
     datacontenttype: str
+    vendorid: str | None = Field(
+        default=None,
+        description="the issue's vendor (CloudEvents extension; absent on governance events)",
+    )
     data: dict[str, Any]
 
 

@@ -81,7 +81,7 @@ WHERE r.ctid = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 RETURNING r.issue_id, r.policy_version, r.vendor_version,
-    (SELECT s.vendor_id FROM streams AS s WHERE s.stream_id = r.issue_id) AS vendor_id
+    (SELECT i.vendor_id FROM sla_issues AS i WHERE i.issue_id = r.issue_id) AS vendor_id
 """
 # Only the versions recomputed: a newer policy or vendor change queued meanwhile stays queued.
 FINISH_RECOMPUTE = """
