@@ -11,32 +11,14 @@ from typing import Literal
 
 import asyncpg
 
+from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn
 
 Role = Literal["admin", "integration", "vendor", "viewer"]
 ROLES: tuple[Role, ...] = ("admin", "integration", "vendor", "viewer")
 KEY_PREFIX = "tl_"
 
-INSERT_KEY = """
-INSERT INTO api_keys (id, name, role, vendor_id, key_hash, prefix) VALUES ($1, $2, $3, $4, $5, $6)
-ON CONFLICT (key_hash) DO NOTHING
-"""
-FIND_KEY = """
-SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
-WHERE key_hash = $1 AND revoked_at IS NULL
-"""
-KEY_REVOKED = "SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_hash = $1"
-LIST_KEYS = """
-SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
-ORDER BY created_at, id
-"""
-REVOKE_KEY = """
-UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id
-"""
-# Revocations queue on one lock, so two at once cannot each leave the other as the last admin.
-LOCK_REVOCATIONS = "SELECT pg_advisory_xact_lock(hashtext('tierline.api_keys.revoke'))"
-LIVE_ROLE = "SELECT role FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
-LIVE_ADMINS = "SELECT count(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL"
+QUERIES = load_queries("tierline.store")
 
 
 class LastAdminKey(Exception):
@@ -77,7 +59,9 @@ async def create_api_key(
     """Store a key (random unless given) and return its metadata and the key itself."""
     key = key or new_key()
     key_id = uuid.uuid4()
-    await conn.execute(INSERT_KEY, key_id, name, role, vendor_id, hash_key(key), key[:10])
+    await conn.execute(
+        QUERIES["insert_api_key"], key_id, name, role, vendor_id, hash_key(key), key[:10]
+    )
     found = await find_api_key(conn, key)
     if found is None:
         raise RuntimeError("api key was not stored")
@@ -86,27 +70,27 @@ async def create_api_key(
 
 async def find_api_key(conn: Conn | asyncpg.Pool, key: str) -> ApiKey | None:
     """The live key with this secret, or None."""
-    row = await conn.fetchrow(FIND_KEY, hash_key(key))
-    return None if row is None else ApiKey(*row)
+    row = await conn.fetchrow(QUERIES["find_api_key"], hash_key(key))
+    return None if row is None else ApiKey(**dict(row))
 
 
 async def key_was_revoked(conn: Conn | asyncpg.Pool, key: str) -> bool:
     """Whether this key was stored once and has been revoked since."""
-    return bool(await conn.fetchval(KEY_REVOKED, hash_key(key)))
+    return bool(await conn.fetchval(QUERIES["api_key_revoked"], hash_key(key)))
 
 
 async def list_api_keys(conn: asyncpg.Connection | asyncpg.Pool) -> list[ApiKey]:
     """Every key's metadata, revoked ones included."""
-    return [ApiKey(*row) for row in await conn.fetch(LIST_KEYS)]
+    return [ApiKey(**dict(row)) for row in await conn.fetch(QUERIES["list_api_keys"])]
 
 
 async def revoke_api_key(pool: asyncpg.Pool, key_id: uuid.UUID) -> bool:
     """Revoke at once; False when no live key has this id, LastAdminKey for the last admin."""
     async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(LOCK_REVOCATIONS)
-        role = await conn.fetchval(LIVE_ROLE, key_id)
+        await conn.execute(QUERIES["lock_revocations"])
+        role = await conn.fetchval(QUERIES["live_key_role"], key_id)
         if role is None:
             return False
-        if role == "admin" and await conn.fetchval(LIVE_ADMINS) <= 1:
+        if role == "admin" and await conn.fetchval(QUERIES["live_admin_keys"]) <= 1:
             raise LastAdminKey(str(key_id))
-        return await conn.fetchval(REVOKE_KEY, key_id) is not None
+        return await conn.fetchval(QUERIES["revoke_api_key"], key_id) is not None

@@ -5,40 +5,24 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import asyncpg
 
 # Re-exported: the write side appends the port's events and raises the port's conflict.
 from tierline.service_layer.unit_of_work import NewEvent as NewEvent
 from tierline.service_layer.unit_of_work import StreamVersionConflict as StreamVersionConflict
+from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn
 
-LOCK_HEAD = "SELECT version, snapshot::text FROM streams WHERE stream_id = $1 FOR UPDATE"
-READ_HEAD = "SELECT version, snapshot::text FROM streams WHERE stream_id = $1"
+QUERIES = load_queries("tierline.store")
 
-# One round trip: the events go in with their versions and the head moves with them.
-APPEND = """
-WITH appended AS (
-    INSERT INTO events
-        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent)
-    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3
-    FROM unnest($4::uuid[], $5::int[], $6::text[], $7::timestamptz[], $8::text[])
-        AS e(event_id, version, type, time, data)
-    RETURNING 1
-)
--- The data-modifying CTE above always runs; the head update below is guarded by the version.
-INSERT INTO streams (stream_id, stream_type, vendor_id, version, snapshot, updated_at)
-VALUES ($1, $2, $9, $10, $11::jsonb, $12)
-ON CONFLICT (stream_id) DO UPDATE
-    SET version = EXCLUDED.version, snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at
-    WHERE streams.version = $13
-RETURNING version
-"""
 
-STREAM_EVENTS = """
-SELECT event_id, stream_id, version, type, time, data::text, traceparent, vendor_id
-FROM events WHERE stream_id = $1 ORDER BY version
-"""
+class StreamHead(NamedTuple):
+    """A stream's head row: its version and the snapshot stored with it."""
+
+    version: int
+    snapshot_json: str
 
 
 @dataclass(frozen=True)
@@ -56,16 +40,16 @@ class StoredEvent:
     vendor_id: str | None = None
 
 
-async def lock_head(conn: Conn, stream_id: str) -> tuple[int, str] | None:
+async def lock_head(conn: Conn, stream_id: str) -> StreamHead | None:
     """Lock a stream's head row for this transaction; None when the stream does not exist."""
-    row = await conn.fetchrow(LOCK_HEAD, stream_id)
-    return None if row is None else (row[0], row[1])
+    row = await conn.fetchrow(QUERIES["lock_stream_head"], stream_id)
+    return None if row is None else StreamHead(**dict(row))
 
 
-async def read_head(conn: Conn | asyncpg.Pool, stream_id: str) -> tuple[int, str] | None:
+async def read_head(conn: Conn | asyncpg.Pool, stream_id: str) -> StreamHead | None:
     """A stream's version and snapshot, without locking."""
-    row = await conn.fetchrow(READ_HEAD, stream_id)
-    return None if row is None else (row[0], row[1])
+    row = await conn.fetchrow(QUERIES["read_stream_head"], stream_id)
+    return None if row is None else StreamHead(**dict(row))
 
 
 async def append_events(
@@ -85,7 +69,7 @@ async def append_events(
     new_version = expected_version + len(events)
     try:
         row = await conn.fetchrow(
-            APPEND,
+            QUERIES["append_events"],
             stream_id,
             stream_type,
             traceparent,
@@ -109,5 +93,5 @@ async def append_events(
 
 async def stream_events(conn: Conn | asyncpg.Pool, stream_id: str) -> list[StoredEvent]:
     """Every event of one stream, in version order."""
-    rows = await conn.fetch(STREAM_EVENTS, stream_id)
-    return [StoredEvent(*row) for row in rows]
+    rows = await conn.fetch(QUERIES["stream_events"], stream_id)
+    return [StoredEvent(**dict(row)) for row in rows]

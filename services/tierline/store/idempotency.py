@@ -6,20 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn
 
-CLAIM = """
-INSERT INTO idempotency_keys (principal, key, request_hash, status)
-VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING RETURNING 1
-"""
-STORED = """
-SELECT request_hash, status, body::text, headers::text FROM idempotency_keys
-WHERE principal = $1 AND key = $2
-"""
-COMPLETE = """
-UPDATE idempotency_keys SET status = $3, body = $4::jsonb, headers = $5::jsonb
-WHERE principal = $1 AND key = $2
-"""
+QUERIES = load_queries("tierline.store")
 
 
 class IdempotencyKeyReused(Exception):
@@ -40,14 +30,18 @@ async def claim(conn: Conn, principal: str, key: str, request_hash: str) -> Stor
 
     A concurrent request with the same key waits on the unique index until the first commits.
     """
-    if await conn.fetchval(CLAIM, principal, key, request_hash) is not None:
+    if (
+        await conn.fetchval(QUERIES["claim_idempotency_key"], principal, key, request_hash)
+        is not None
+    ):
         return None
-    row = await conn.fetchrow(STORED, principal, key)
+    row = await conn.fetchrow(QUERIES["stored_response"], principal, key)
     if row is None:  # the other request rolled back; claim again
         return await claim(conn, principal, key, request_hash)
-    if row[0] != request_hash:
+    if row["request_hash"] != request_hash:
         raise IdempotencyKeyReused(key)
-    return StoredResponse(row[1], json.loads(row[2]) if row[2] else None, json.loads(row[3]))
+    body = json.loads(row["body"]) if row["body"] else None
+    return StoredResponse(status=row["status"], body=body, headers=json.loads(row["headers"]))
 
 
 async def complete(
@@ -59,4 +53,11 @@ async def complete(
     headers: dict[str, str],
 ) -> None:
     """Store the response for later retries, in the same transaction as the effects."""
-    await conn.execute(COMPLETE, principal, key, status, json.dumps(body), json.dumps(headers))
+    await conn.execute(
+        QUERIES["complete_idempotency_key"],
+        principal,
+        key,
+        status,
+        json.dumps(body),
+        json.dumps(headers),
+    )

@@ -9,19 +9,15 @@ from importlib import resources
 import asyncpg
 import structlog
 
+from tierline.sqlfile import load_queries
+
 log = structlog.get_logger(__name__)
 
 # An arbitrary constant shared by every role, so only one applies migrations at a time.
 MIGRATION_LOCK_ID = 7_311_529_001
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
-CREATE_TABLE = """
-CREATE TABLE IF NOT EXISTS schema_migrations (
-    version     integer PRIMARY KEY,
-    name        text NOT NULL,
-    applied_at  timestamptz NOT NULL DEFAULT now()
-)
-"""
+QUERIES = load_queries("tierline.store")
 
 
 @dataclass(frozen=True)
@@ -51,18 +47,15 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     """Apply pending migrations; returns the versions applied now."""
     applied_now: list[int] = []
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_ID)
-        await conn.execute(CREATE_TABLE)
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        await conn.execute(QUERIES["lock_migrations"], MIGRATION_LOCK_ID)
+        await conn.execute(QUERIES["create_schema_migrations"])
+        applied = await conn.fetch(QUERIES["applied_migrations"])
+        done = {r["version"] for r in applied}
         for migration in load_migrations():
             if migration.version in done:
                 continue
             await conn.execute(migration.sql)
-            await conn.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                migration.version,
-                migration.name,
-            )
+            await conn.execute(QUERIES["record_migration"], migration.version, migration.name)
             applied_now.append(migration.version)
     if applied_now:
         log.info("migrations_applied", versions=applied_now)

@@ -15,14 +15,11 @@ from tierline.domain.issue import Issue, Rules
 from tierline.service_layer import unit_of_work as port
 from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
+from tierline.sqlfile import load_queries
 from tierline.store import event_store, idempotency
 from tierline.store.pool import Conn
 
-FIND_REF = "SELECT stream_id, vendor_id FROM external_refs WHERE system = $1 AND key = $2"
-INSERT_REF = """
-INSERT INTO external_refs (system, key, stream_id, vendor_id) VALUES ($1, $2, $3, $4)
-ON CONFLICT DO NOTHING RETURNING 1
-"""
+QUERIES = load_queries("tierline.store")
 
 
 class PostgresIssueStore:
@@ -34,12 +31,12 @@ class PostgresIssueStore:
     async def get(self, issue_id: str) -> Issue | None:
         """The issue as last committed, without locking."""
         head = await event_store.read_head(self._conn, issue_id)
-        return None if head is None else Issue.model_validate_json(head[1])
+        return None if head is None else Issue.model_validate_json(head.snapshot_json)
 
     async def get_for_update(self, issue_id: str) -> Issue | None:
         """The issue, its head row locked until the transaction ends."""
         head = await event_store.lock_head(self._conn, issue_id)
-        return None if head is None else Issue.model_validate_json(head[1])
+        return None if head is None else Issue.model_validate_json(head.snapshot_json)
 
     async def append(
         self,
@@ -49,7 +46,7 @@ class PostgresIssueStore:
         time: datetime,
         traceparent: str | None,
     ) -> None:
-        """Events and the new head in one statement (see `event_store.APPEND`)."""
+        """Events and the new head in one statement (see `append_events` in store/queries.sql)."""
         await event_store.append_events(
             self._conn,
             stream_id=issue.id,
@@ -64,12 +61,14 @@ class PostgresIssueStore:
 
     async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:
         """The issue and vendor that registered this ref."""
-        row = await self._conn.fetchrow(FIND_REF, system, key)
+        row = await self._conn.fetchrow(QUERIES["find_external_ref"], system, key)
         return None if row is None else port.ExternalRef(row["stream_id"], row["vendor_id"])
 
     async def add_ref(self, system: str, key: str, ref: port.ExternalRef) -> bool:
         """Register a ref; the primary key decides a race."""
-        inserted = await self._conn.fetchval(INSERT_REF, system, key, ref.issue_id, ref.vendor_id)
+        inserted = await self._conn.fetchval(
+            QUERIES["insert_external_ref"], system, key, ref.issue_id, ref.vendor_id
+        )
         return inserted is not None
 
 

@@ -11,27 +11,13 @@ import asyncpg
 
 from tierline.domain.events import PolicyChanged, VendorChanged
 from tierline.domain.governance import DEFAULT_GOVERNANCE, Governance, Vendor
+from tierline.sqlfile import load_queries
 from tierline.store.event_store import NewEvent, append_events, lock_head
 from tierline.store.pool import Conn
 
 GOVERNANCE_STREAM = "governance"
 
-INSERT_VENDOR = """
-INSERT INTO vendors (id, name, timezone, calendar) VALUES ($1, $2, $3, $4::jsonb)
-ON CONFLICT (id) DO NOTHING RETURNING id
-"""
-SELECT_VENDORS = "SELECT id, name, timezone, calendar::text, version FROM vendors"
-LOCK_VENDOR = SELECT_VENDORS + " WHERE id = $1 FOR UPDATE"
-# Guarded by the version read under the row lock, so a lost update is impossible either way.
-UPDATE_VENDOR = """
-UPDATE vendors SET name = $2, timezone = $3, calendar = $4::jsonb, version = version + 1
-WHERE id = $1 AND version = $5
-RETURNING version
-"""
-CURRENT_GOVERNANCE = (
-    "SELECT version, document::text FROM governance_versions ORDER BY version DESC LIMIT 1"
-)
-INSERT_GOVERNANCE = "INSERT INTO governance_versions (version, document) VALUES ($1, $2::jsonb)"
+QUERIES = load_queries("tierline.store")
 
 
 class DuplicateVendor(Exception):
@@ -64,7 +50,7 @@ def _calendar_json(vendor: Vendor) -> str | None:
 async def insert_vendor(conn: Conn | asyncpg.Pool, vendor: Vendor) -> None:
     """Register a vendor at version 1; DuplicateVendor when the id is taken."""
     row = await conn.fetchrow(
-        INSERT_VENDOR, vendor.id, vendor.name, vendor.timezone, _calendar_json(vendor)
+        QUERIES["insert_vendor"], vendor.id, vendor.name, vendor.timezone, _calendar_json(vendor)
     )
     if row is None:
         raise DuplicateVendor(vendor.id)
@@ -72,18 +58,18 @@ async def insert_vendor(conn: Conn | asyncpg.Pool, vendor: Vendor) -> None:
 
 async def vendor_records(conn: Conn | asyncpg.Pool) -> list[VendorRecord]:
     """Every vendor with its version, by id."""
-    return [_record(r) for r in await conn.fetch(SELECT_VENDORS + " ORDER BY id")]
+    return [_record(r) for r in await conn.fetch(QUERIES["list_vendors"])]
 
 
 async def vendor_record(conn: Conn | asyncpg.Pool, vendor_id: str) -> VendorRecord | None:
     """One vendor with its version, or None."""
-    row = await conn.fetchrow(SELECT_VENDORS + " WHERE id = $1", vendor_id)
+    row = await conn.fetchrow(QUERIES["get_vendor"], vendor_id)
     return None if row is None else _record(row)
 
 
 async def lock_vendor(conn: Conn, vendor_id: str) -> VendorRecord | None:
     """One vendor, its row locked for this transaction; None when there is no such vendor."""
-    row = await conn.fetchrow(LOCK_VENDOR, vendor_id)
+    row = await conn.fetchrow(QUERIES["lock_vendor"], vendor_id)
     return None if row is None else _record(row)
 
 
@@ -108,7 +94,7 @@ async def change_vendor(conn: Conn, vendor: Vendor, expected_version: int, now: 
     # (locked before, if at all) is never taken after this lock, so there is no lock cycle.
     head = await lock_head(conn, GOVERNANCE_STREAM)
     version = await conn.fetchval(
-        UPDATE_VENDOR,
+        QUERIES["update_vendor"],
         vendor.id,
         vendor.name,
         vendor.timezone,
@@ -123,10 +109,10 @@ async def change_vendor(conn: Conn, vendor: Vendor, expected_version: int, now: 
         stream_id=GOVERNANCE_STREAM,
         stream_type="governance",
         vendor_id=None,
-        expected_version=0 if head is None else head[0],
+        expected_version=0 if head is None else head.version,
         events=[NewEvent(event.event_type(), event.model_dump_json())],
         # The stream's snapshot is the policy version; a vendor change leaves it as it is.
-        snapshot_json=json.dumps({"policy_version": 0}) if head is None else head[1],
+        snapshot_json=json.dumps({"policy_version": 0}) if head is None else head.snapshot_json,
         time=now,
     )
     return int(version)
@@ -134,10 +120,10 @@ async def change_vendor(conn: Conn, vendor: Vendor, expected_version: int, now: 
 
 async def current_governance(conn: Conn | asyncpg.Pool) -> tuple[int, Governance]:
     """The governance document in force and its version (0 = the built-in default)."""
-    row = await conn.fetchrow(CURRENT_GOVERNANCE)
+    row = await conn.fetchrow(QUERIES["current_governance"])
     if row is None:
         return 0, DEFAULT_GOVERNANCE
-    return row[0], Governance.model_validate_json(row[1])
+    return row["version"], Governance.model_validate_json(row["document"])
 
 
 class GovernanceMoved(Exception):
@@ -158,13 +144,13 @@ async def replace_governance(
     """
     async with conn.transaction():
         head = await lock_head(conn, GOVERNANCE_STREAM)
-        stream_version = 0 if head is None else head[0]
+        stream_version = 0 if head is None else head.version
         version, _ = await current_governance(conn)
         if expected_version is not None and expected_version != version:
             raise GovernanceMoved(version)
         version += 1
         document = governance.model_dump_json()
-        await conn.execute(INSERT_GOVERNANCE, version, document)
+        await conn.execute(QUERIES["insert_governance"], version, document)
         event = PolicyChanged(governance=governance, policy_version=version)
         await append_events(
             conn,

@@ -1,0 +1,145 @@
+-- Queries of the write-side store (events, streams, refs, vendors, governance, keys,
+-- idempotency, migrations). Rows are read by column name, so the names below are the contract.
+
+-- lock_stream_head --
+-- Lock a stream's head row for this transaction
+SELECT version, snapshot::text AS snapshot_json FROM streams WHERE stream_id = $1 FOR UPDATE
+
+-- read_stream_head --
+-- A stream's version and snapshot, without locking
+SELECT version, snapshot::text AS snapshot_json FROM streams WHERE stream_id = $1
+
+-- append_events --
+-- One round trip: the events go in with their versions and the head moves with them
+WITH appended AS (
+    INSERT INTO events
+        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent)
+    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3
+    FROM unnest($4::uuid[], $5::int[], $6::text[], $7::timestamptz[], $8::text[])
+        AS e(event_id, version, type, time, data)
+    RETURNING 1
+)
+-- The data-modifying CTE above always runs; the head update below is guarded by the version.
+INSERT INTO streams (stream_id, stream_type, vendor_id, version, snapshot, updated_at)
+VALUES ($1, $2, $9, $10, $11::jsonb, $12)
+ON CONFLICT (stream_id) DO UPDATE
+    SET version = EXCLUDED.version, snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at
+    WHERE streams.version = $13
+RETURNING version
+
+-- stream_events --
+-- Every event of one stream, in version order
+SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id
+FROM events WHERE stream_id = $1 ORDER BY version
+
+-- find_external_ref --
+-- The issue an external system's key refers to
+SELECT stream_id, vendor_id FROM external_refs WHERE system = $1 AND key = $2
+
+-- insert_external_ref --
+-- Claim an external key for an issue; no row when the key is taken
+INSERT INTO external_refs (system, key, stream_id, vendor_id) VALUES ($1, $2, $3, $4)
+ON CONFLICT DO NOTHING RETURNING 1
+
+-- insert_vendor --
+-- Register a vendor at version 1; no row when the id is taken
+INSERT INTO vendors (id, name, timezone, calendar) VALUES ($1, $2, $3, $4::jsonb)
+ON CONFLICT (id) DO NOTHING RETURNING id
+
+-- list_vendors --
+-- Every vendor with its version, by id
+SELECT id, name, timezone, calendar::text AS calendar, version FROM vendors ORDER BY id
+
+-- get_vendor --
+-- One vendor with its version
+SELECT id, name, timezone, calendar::text AS calendar, version FROM vendors WHERE id = $1
+
+-- lock_vendor --
+-- One vendor with its version, its row locked for this transaction
+SELECT id, name, timezone, calendar::text AS calendar, version FROM vendors WHERE id = $1
+FOR UPDATE
+
+-- update_vendor --
+-- Guarded by the version read under the row lock, so a lost update is impossible either way
+UPDATE vendors SET name = $2, timezone = $3, calendar = $4::jsonb, version = version + 1
+WHERE id = $1 AND version = $5
+RETURNING version
+
+-- current_governance --
+-- The governance document in force and its version
+SELECT version, document::text AS document FROM governance_versions
+ORDER BY version DESC LIMIT 1
+
+-- insert_governance --
+-- Store a new governance version
+INSERT INTO governance_versions (version, document) VALUES ($1, $2::jsonb)
+
+-- insert_api_key --
+-- Store a key's hash and metadata; nothing when the hash is stored already
+INSERT INTO api_keys (id, name, role, vendor_id, key_hash, prefix) VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (key_hash) DO NOTHING
+
+-- find_api_key --
+-- The live key with this hash
+SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
+WHERE key_hash = $1 AND revoked_at IS NULL
+
+-- api_key_revoked --
+-- Whether the key with this hash has been revoked (no row when it was never stored)
+SELECT revoked_at IS NOT NULL FROM api_keys WHERE key_hash = $1
+
+-- list_api_keys --
+-- Every key's metadata, revoked ones included
+SELECT id, name, role, vendor_id, prefix, created_at, revoked_at FROM api_keys
+ORDER BY created_at, id
+
+-- revoke_api_key --
+-- Revoke a live key at once; no row when no live key has this id
+UPDATE api_keys SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL RETURNING id
+
+-- lock_revocations --
+-- Revocations queue on one lock, so two at once cannot each leave the other as the last admin
+SELECT pg_advisory_xact_lock(hashtext('tierline.api_keys.revoke'))
+
+-- live_key_role --
+-- The role of a live key
+SELECT role FROM api_keys WHERE id = $1 AND revoked_at IS NULL
+
+-- live_admin_keys --
+-- How many live admin keys there are
+SELECT count(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL
+
+-- claim_idempotency_key --
+-- Claim a key for a request; no row when it was claimed before
+INSERT INTO idempotency_keys (principal, key, request_hash, status)
+VALUES ($1, $2, $3, 0) ON CONFLICT DO NOTHING RETURNING 1
+
+-- stored_response --
+-- What the first request with this key answered (status 0 while it runs)
+SELECT request_hash, status, body::text AS body, headers::text AS headers FROM idempotency_keys
+WHERE principal = $1 AND key = $2
+
+-- complete_idempotency_key --
+-- Store the response for later retries
+UPDATE idempotency_keys SET status = $3, body = $4::jsonb, headers = $5::jsonb
+WHERE principal = $1 AND key = $2
+
+-- lock_migrations --
+-- Only one role applies migrations at a time
+SELECT pg_advisory_xact_lock($1)
+
+-- create_schema_migrations --
+-- The table that records applied migrations
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer PRIMARY KEY,
+    name        text NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)
+
+-- applied_migrations --
+-- The versions applied so far
+SELECT version FROM schema_migrations
+
+-- record_migration --
+-- Record a migration as applied
+INSERT INTO schema_migrations (version, name) VALUES ($1, $2)
