@@ -24,6 +24,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from tierline.config import ISSUE_EVENTS_TOPIC
 from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
 from tierline.eventlog.kafka import cluster_identity
+from tierline.sqlfile import load_queries
 from tierline.supervise import supervise
 
 log = structlog.get_logger(__name__)
@@ -51,30 +52,7 @@ FRESHNESS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 
-LOAD_OFFSETS = """
-SELECT partition, next_offset, log_identity FROM consumer_offsets
-WHERE consumer = $1 AND topic = $2 AND partition = ANY($3::int[])
-"""
-SAVE_OFFSETS = """
-INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, log_identity)
-SELECT $1, $2, p, o, $5 FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
-ON CONFLICT (consumer, topic, partition) DO UPDATE
-    SET next_offset = EXCLUDED.next_offset, log_identity = EXCLUDED.log_identity, updated_at = now()
-"""
-CLAIM_STREAMS = """
-INSERT INTO consumer_stream_versions (consumer, stream_id, version)
-SELECT $1, s, 0 FROM unnest($2::text[]) AS t(s) ORDER BY s
-ON CONFLICT DO NOTHING
-"""
-LOCK_STREAMS = """
-SELECT stream_id, version FROM consumer_stream_versions
-WHERE consumer = $1 AND stream_id = ANY($2::text[]) ORDER BY stream_id FOR UPDATE
-"""
-SAVE_STREAMS = """
-UPDATE consumer_stream_versions AS c SET version = t.v
-FROM unnest($2::text[], $3::int[]) AS t(s, v)
-WHERE c.consumer = $1 AND c.stream_id = t.s
-"""
+QUERIES = load_queries("tierline.eventlog")
 
 
 class BatchHandler(Protocol):
@@ -104,10 +82,9 @@ async def apply_batch(
     """Apply one batch and its offsets in one transaction; returns how many events were new."""
     streams = sorted({r.event.stream_id for r in records})
     async with conn.transaction():
-        await conn.execute(CLAIM_STREAMS, consumer, streams)
-        applied: dict[str, int] = {
-            row[0]: row[1] for row in await conn.fetch(LOCK_STREAMS, consumer, streams)
-        }
+        await conn.execute(QUERIES["claim_streams"], consumer, streams)
+        locked = await conn.fetch(QUERIES["lock_streams"], consumer, streams)
+        applied: dict[str, int] = {row["stream_id"]: row["version"] for row in locked}
         fresh: list[LogEvent] = []
         for record in records:
             event = record.event
@@ -128,14 +105,15 @@ async def apply_batch(
         if fresh:
             await handler.apply(conn, fresh)
             touched = {e.stream_id for e in fresh}
-            await conn.execute(SAVE_STREAMS, consumer, list(touched), [applied[s] for s in touched])
+            versions = [applied[s] for s in touched]
+            await conn.execute(QUERIES["save_streams"], consumer, list(touched), versions)
         next_offsets: dict[int, int] = {}
         for record in records:
             next_offsets[record.partition] = max(
                 next_offsets.get(record.partition, 0), record.offset + 1
             )
         await conn.execute(
-            SAVE_OFFSETS,
+            QUERIES["save_offsets"],
             consumer,
             topic,
             list(next_offsets),
@@ -200,7 +178,7 @@ class LogConsumer:
         mine = [tp for tp in assigned if tp.topic == self._topic]
         self.assigned = {tp.partition for tp in mine}
         rows = await self._pool.fetch(
-            LOAD_OFFSETS, self.name, self._topic, [tp.partition for tp in mine]
+            QUERIES["load_offsets"], self.name, self._topic, [tp.partition for tp in mine]
         )
         stored = {r["partition"]: (r["next_offset"], r["log_identity"]) for r in rows}
         for tp in mine:

@@ -13,7 +13,8 @@ from prometheus_client import Counter, Gauge
 
 from tierline.eventlog.cloudevents import to_kafka_record
 from tierline.eventlog.kafka import cluster_identity, ensure_topic, producer_options
-from tierline.store.event_store import StoredEvent
+from tierline.sqlfile import load_queries
+from tierline.store.event_store import stored_event
 from tierline.supervise import sleep_or_stop, supervise
 
 log = structlog.get_logger(__name__)
@@ -21,18 +22,7 @@ log = structlog.get_logger(__name__)
 RELAY_LOCK_ID = 7_311_529_002
 CHANNEL = "tierline_events"
 
-UNPUBLISHED = """
-SELECT event_id, stream_id, version, type, time, data::text, traceparent, vendor_id, position
-FROM events WHERE published_at IS NULL ORDER BY position LIMIT $1
-"""
-MARK_PUBLISHED = "UPDATE events SET published_at = $2 WHERE position = ANY($1::bigint[])"
-OLDEST_UNPUBLISHED = "SELECT min(time) FROM events WHERE published_at IS NULL"
-RECORDED_IDENTITY = "SELECT identity FROM relay_log_identity WHERE topic = $1"
-RECORD_IDENTITY = """
-INSERT INTO relay_log_identity (topic, identity) VALUES ($1, $2)
-ON CONFLICT (topic) DO UPDATE SET identity = EXCLUDED.identity, recorded_at = now()
-"""
-FORGET_PUBLISHED = "UPDATE events SET published_at = NULL WHERE published_at IS NOT NULL"
+QUERIES = load_queries("tierline.relay")
 
 EVENTS_PUBLISHED = Counter("tierline_relay_events_published_total", "Events acked by the log")
 RELAY_LAG = Gauge("tierline_relay_lag_seconds", "Age of the oldest unpublished event")
@@ -71,7 +61,7 @@ class Relay:
     async def _run_once(self, stop: asyncio.Event) -> None:
         conn = await asyncpg.connect(self._database_url)
         try:
-            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK_ID):
+            while not await conn.fetchval(QUERIES["try_relay_lock"], RELAY_LOCK_ID):
                 if await sleep_or_stop(stop, self._poll_interval):
                     return
             self.is_leader = True
@@ -98,11 +88,11 @@ class Relay:
         """Refill the log from the store when the broker's log is not the one we published to."""
         created = await ensure_topic(self._bootstrap, self._topic, self._partitions)
         identity = await cluster_identity(self._bootstrap)
-        recorded = await conn.fetchval(RECORDED_IDENTITY, self._topic)
+        recorded = await conn.fetchval(QUERIES["recorded_log_identity"], self._topic)
         if created or recorded != identity:
             async with conn.transaction():
-                status = await conn.execute(FORGET_PUBLISHED)
-                await conn.execute(RECORD_IDENTITY, self._topic, identity)
+                status = await conn.execute(QUERIES["forget_published"])
+                await conn.execute(QUERIES["record_log_identity"], self._topic, identity)
             LOG_REFILLS.inc()
             log.info(
                 "relay_log_refill",
@@ -121,7 +111,7 @@ class Relay:
             published = await self.publish_batch(conn, producer)
             if published >= self._batch_size:
                 continue
-            oldest = await conn.fetchval(OLDEST_UNPUBLISHED)
+            oldest = await conn.fetchval(QUERIES["oldest_unpublished"])
             RELAY_LAG.set(0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds())
             waiter = asyncio.ensure_future(self._wakeup.wait())
             stopper = asyncio.ensure_future(stop.wait())
@@ -133,14 +123,15 @@ class Relay:
 
     async def publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
         """Send the next batch in position order, wait for every ack, then mark it published."""
-        rows = await conn.fetch(UNPUBLISHED, self._batch_size)
+        rows = await conn.fetch(QUERIES["unpublished_events"], self._batch_size)
         if not rows:
             return 0
         futures = []
         for row in rows:
-            key, value, headers = to_kafka_record(StoredEvent(*row[:8]))
+            key, value, headers = to_kafka_record(stored_event(row))
             futures.append(await producer.send(self._topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)
-        await conn.execute(MARK_PUBLISHED, [row["position"] for row in rows], datetime.now(UTC))
+        positions = [row["position"] for row in rows]
+        await conn.execute(QUERIES["mark_published"], positions, datetime.now(UTC))
         EVENTS_PUBLISHED.inc(len(rows))
         return len(rows)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import NamedTuple
 
@@ -38,6 +38,11 @@ class StoredEvent:
     traceparent: str | None
     # The issue's vendor (every event of an issue carries it); None on the governance stream.
     vendor_id: str | None = None
+
+
+def stored_event(row: asyncpg.Record) -> StoredEvent:
+    """A StoredEvent from a row that has (at least) its columns, by column name."""
+    return StoredEvent(**{field.name: row[field.name] for field in fields(StoredEvent)})
 
 
 async def lock_head(conn: Conn, stream_id: str) -> StreamHead | None:
@@ -94,4 +99,4 @@ async def append_events(
 async def stream_events(conn: Conn | asyncpg.Pool, stream_id: str) -> list[StoredEvent]:
     """Every event of one stream, in version order."""
     rows = await conn.fetch(QUERIES["stream_events"], stream_id)
-    return [StoredEvent(**dict(row)) for row in rows]
+    return [stored_event(row) for row in rows]
