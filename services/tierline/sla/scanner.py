@@ -247,48 +247,58 @@ class SlaScanner:
         return due
 
     async def fire_all(self, due: Sequence[DueClock]) -> None:
-        """Fire claimed clocks, issues in parallel, then store all their answers at once."""
-        by_issue: dict[str, list[DueClock]] = {}
+        """Fire claimed clocks in a few transactions, then store all their answers at once.
+
+        The batch is split by issue into at most `concurrency` groups; each group's commands
+        are decided and appended in one unit of work (`IssueService.execute_many`), in claim
+        order per issue. Only the grouping differs from one command per transaction: `decide`
+        still refuses a second breach of a clock, and a group that fails leaves its clocks
+        leased, to be claimed again.
+        """
+        groups: list[list[DueClock]] = [[] for _ in range(max(1, self._concurrency))]
+        issues = {item.issue_id for item in due}
         for item in due:
-            by_issue.setdefault(item.issue_id, []).append(item)
-        gate = asyncio.Semaphore(self._concurrency)
-
-        async def fire_issue(items: list[DueClock]) -> Issue | None:
-            issue = None
-            async with gate:
-                for item in items:
-                    issue = await self.fire(item) or issue
-            return issue
-
-        answered = await asyncio.gather(*(fire_issue(items) for items in by_issue.values()))
-        await self._store([issue for issue in answered if issue is not None])
+            groups[hash(item.issue_id) % len(groups)].append(item)
+        answered = await asyncio.gather(*(self._fire_group(g) for g in groups if g))
+        latest = {issue.id: issue for group in answered for issue in group}
+        await self._store(list(latest.values()))
         late = max((self._now() - d.fire_at).total_seconds() for d in due)
-        log.info("sla_clocks_fired", count=len(due), issues=len(by_issue), max_late=round(late, 3))
+        log.info("sla_clocks_fired", count=len(due), issues=len(issues), max_late=round(late, 3))
 
-    async def fire(self, due: DueClock) -> Issue | None:
-        """Send the command a clock is due for; returns the issue as the command left it."""
+    async def _fire_group(self, group: list[DueClock]) -> list[Issue]:
+        """One unit of work for a group of due clocks; the issues as the commands left them."""
         now = self._now()
-        command = command_for(due, now)
-        name = type(command).__name__
-        LATENESS.observe(max(0.0, (now - due.fire_at).total_seconds()))
+        commands = [command_for(item, now) for item in group]
+        for item in group:
+            LATENESS.observe(max(0.0, (now - item.fire_at).total_seconds()))
         try:
-            issue = (await self._service.execute(SYSTEM, due.issue_id, command)).issue
-        except IssueNotFound:
-            await self._pool.execute(FORGET_ISSUE, due.issue_id)
-            return None
-        except Exception as exc:
-            # The lease brings the clock back; one bad issue must not stop the others.
-            COMMANDS.labels(name, "failed").inc()
-            log.error(
-                "sla_command_failed",
-                issue_id=due.issue_id,
-                clock_id=due.clock_id,
-                command=name,
-                error=repr(exc),
+            answers = await self._service.execute_many(
+                [(item.issue_id, command) for item, command in zip(group, commands, strict=True)]
             )
-            return None
-        COMMANDS.labels(name, _result(issue, command)).inc()
-        return issue
+        except Exception as exc:
+            # The leases bring the clocks back; this group's failure must not stop the others.
+            for command in commands:
+                COMMANDS.labels(type(command).__name__, "failed").inc()
+            log.error("sla_commands_failed", count=len(group), error=repr(exc))
+            return []
+        issues = []
+        for item, command, answer in zip(group, commands, answers, strict=True):
+            name = type(command).__name__
+            if isinstance(answer, IssueNotFound):
+                await self._pool.execute(FORGET_ISSUE, item.issue_id)
+            elif isinstance(answer, Exception):
+                COMMANDS.labels(name, "failed").inc()
+                log.error(
+                    "sla_command_failed",
+                    issue_id=item.issue_id,
+                    clock_id=item.clock_id,
+                    command=name,
+                    error=repr(answer),
+                )
+            else:
+                COMMANDS.labels(name, _result(answer.issue, command)).inc()
+                issues.append(answer.issue)
+        return issues
 
     async def _store(self, issues: Sequence[Issue]) -> None:
         """Schedule the issues' next fire times now, without waiting for the log."""
