@@ -13,6 +13,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tierline import secretbox
 from tierline.secretbox import SecretBox, SecretUnreadable
+from tierline.sqlfile import load_queries
 from tierline.webhooks.retry import DeliveryStatus, Outcome
 from tierline.webhooks.subscriptions import is_plaintext, open_secret, seal_plaintext_secrets
 
@@ -20,154 +21,7 @@ log = structlog.get_logger(__name__)
 
 CHANNEL = "tierline_webhooks"
 
-# One statement per consumer batch: match events to active subscriptions (type, vendor, and
-# only events recorded after the subscription was made), store each matched body once, and
-# insert one delivery per (subscription, event); a replayed event inserts nothing. The vendor
-# is the event's own (`vendorid` on the log); an event without one (governance) matches only
-# subscriptions bound to no vendor.
-FAN_OUT = """
-WITH e AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[], $3::int[], $4::text[], $5::timestamptz[],
-                         $6::text[], $7::text[])
-        AS e(event_id, stream_id, version, type, time, body, vendor_id)
-), matched AS (
-    SELECT s.id AS subscription_id, e.event_id
-    FROM e
-    JOIN webhook_subscriptions s
-      ON s.active
-     AND s.created_at <= e.time
-     AND ('*' = ANY (s.event_types) OR e.type = ANY (s.event_types))
-     AND (s.vendor_id IS NULL OR s.vendor_id = e.vendor_id)
-), bodies AS (
-    INSERT INTO webhook_events (event_id, stream_id, version, type, time, body)
-    SELECT e.event_id, e.stream_id, e.version, e.type, e.time, e.body FROM e
-    WHERE e.event_id IN (SELECT event_id FROM matched)
-    ON CONFLICT (event_id) DO NOTHING
-)
-INSERT INTO webhook_deliveries (subscription_id, event_id)
-SELECT subscription_id, event_id FROM matched
-ON CONFLICT ON CONSTRAINT webhook_deliveries_once DO NOTHING
-"""
-NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
-
-# Due deliveries, at most `free` per active subscription ($1/$3: subscriptions with attempts in
-# flight here and how many), oldest first, $4 in all; each is leased for $5 seconds.
-CLAIM = """
-WITH slots AS (
-    SELECT s.id, greatest($2 - coalesce(b.busy, 0), 0) AS free
-    FROM webhook_subscriptions s
-    LEFT JOIN unnest($1::uuid[], $3::int[]) AS b(sub, busy) ON b.sub = s.id
-    WHERE s.active
-), picked AS (
-    SELECT due.id FROM slots
-    CROSS JOIN LATERAL (
-        SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
-        WHERE d.subscription_id = slots.id
-          AND d.status IN ('pending', 'failed')
-          AND d.next_attempt_at <= now()
-        ORDER BY d.next_attempt_at
-        LIMIT slots.free
-        FOR UPDATE SKIP LOCKED
-    ) due
-    WHERE slots.free > 0
-    ORDER BY due.next_attempt_at
-    LIMIT $4
-)
-UPDATE webhook_deliveries d
-SET next_attempt_at = now() + make_interval(secs => $5), lease_token = gen_random_uuid()
-FROM picked, webhook_subscriptions s, webhook_events e
-WHERE d.id = picked.id AND s.id = d.subscription_id AND e.event_id = d.event_id
-RETURNING d.id, d.lease_token, d.subscription_id, d.event_id, d.failures, s.url, s.secret,
-          CASE WHEN s.previous_secret_expires_at > now() THEN s.previous_secret END
-              AS previous_secret,
-          e.body, e.time
-"""
-# Seconds until the next delivery falls due (those due already are claimed or waiting for a
-# free slot, which wakes the sender by itself).
-NEXT_DUE = """
-SELECT extract(epoch FROM min(next_attempt_at) - now()) FROM webhook_deliveries
-WHERE status IN ('pending', 'failed') AND next_attempt_at > now()
-"""
-# Results of a batch of attempts; a result whose lease was lost (it expired and another sender
-# took the delivery) changes nothing.
-RECORD_ATTEMPTS = """
-WITH r AS (
-    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::float8[], $5::int[], $6::text[],
-                         $7::timestamptz[], $8::float8[], $9::text[])
-        AS r(id, token, status, delay, code, error, started_at, latency, outcome)
-), d AS (
-    UPDATE webhook_deliveries w
-    SET status = r.status,
-        attempts = w.attempts + 1,
-        failures = CASE WHEN r.status = 'delivered' THEN w.failures ELSE w.failures + 1 END,
-        next_attempt_at = CASE WHEN r.delay IS NULL THEN NULL
-                               ELSE now() + make_interval(secs => r.delay) END,
-        lease_token = NULL,
-        last_status_code = r.code,
-        last_error = r.error,
-        last_attempt_at = r.started_at,
-        delivered_at = CASE WHEN r.status = 'delivered' THEN now() ELSE w.delivered_at END
-    FROM r
-    WHERE w.id = r.id AND w.lease_token = r.token
-    RETURNING w.id, w.attempts
-)
-INSERT INTO webhook_attempts
-    (delivery_id, attempt, started_at, latency_seconds, status_code, error, outcome)
-SELECT d.id, d.attempts, r.started_at, r.latency, r.code, r.error, r.outcome
-FROM d JOIN r ON r.id = d.id
-"""
-# A sender stopping gracefully hands back what it leased but did not finish.
-RELEASE_LEASES = """
-UPDATE webhook_deliveries SET next_attempt_at = now(), lease_token = NULL
-WHERE lease_token = ANY($1::uuid[])
-"""
-DISABLE_SUBSCRIPTIONS = """
-UPDATE webhook_subscriptions SET active = false, disabled_reason = $2, updated_at = now()
-WHERE id = ANY($1::uuid[]) AND active
-"""
-QUEUE_STATS = """
-SELECT count(*), extract(epoch FROM now() - min(d.created_at))
-FROM webhook_deliveries d JOIN webhook_subscriptions s ON s.id = d.subscription_id
-WHERE s.active AND d.status IN ('pending', 'failed')
-"""
-
-DELIVERY_COLUMNS = """
-d.id, d.subscription_id, d.event_id, e.type, e.stream_id, e.version, d.status, d.attempts,
-d.last_status_code, d.last_error,
-CASE WHEN d.status IN ('pending', 'failed') THEN d.next_attempt_at END,
-d.created_at, d.last_attempt_at, d.delivered_at,
-(d.lease_token IS NOT NULL AND d.next_attempt_at > now())
-"""
-LIST_DELIVERIES = f"""
-SELECT {DELIVERY_COLUMNS}
-FROM webhook_deliveries d JOIN webhook_events e ON e.event_id = d.event_id
-WHERE d.subscription_id = $1
-  AND ($2::text IS NULL OR d.status = $2)
-  AND ($3::uuid IS NULL OR d.event_id = $3)
-  AND ($4::timestamptz IS NULL OR (d.created_at, d.id) < ($4, $5::uuid))
-ORDER BY d.created_at DESC, d.id DESC
-LIMIT $6
-"""
-GET_DELIVERY = f"""
-SELECT {DELIVERY_COLUMNS}
-FROM webhook_deliveries d JOIN webhook_events e ON e.event_id = d.event_id
-WHERE d.subscription_id = $1 AND d.id = $2
-"""
-LIST_ATTEMPTS = """
-SELECT delivery_id, attempt, started_at, latency_seconds, status_code, error, outcome
-FROM webhook_attempts WHERE delivery_id = ANY($1::uuid[]) ORDER BY delivery_id, attempt
-"""
-# Back to the queue with a fresh retry schedule, unless an attempt holds a live lease.
-REQUEUE = f"""
-WITH d AS (
-    UPDATE webhook_deliveries
-    SET status = 'pending', failures = 0, next_attempt_at = now(), lease_token = NULL
-    WHERE subscription_id = $1 AND id = $2 AND status IN ('failed', 'dead')
-      AND (lease_token IS NULL OR next_attempt_at <= now())
-    RETURNING *
-)
-SELECT {DELIVERY_COLUMNS} FROM d JOIN webhook_events e ON e.event_id = d.event_id
-"""
+QUERIES = load_queries("tierline.webhooks")
 
 
 @dataclass(frozen=True)
@@ -264,7 +118,7 @@ Conn = asyncpg.Connection | asyncpg.Pool | PoolConnectionProxy
 async def fan_out(conn: Conn, events: Sequence[EventBody]) -> int:
     """Insert the deliveries these events owe; returns how many are new."""
     status = await conn.execute(
-        FAN_OUT,
+        QUERIES["fan_out"],
         [e.event_id for e in events],
         [e.stream_id for e in events],
         [e.version for e in events],
@@ -276,7 +130,7 @@ async def fan_out(conn: Conn, events: Sequence[EventBody]) -> int:
     inserted = int(status.split()[-1])
     if inserted:
         # Delivered at commit: senders wake as soon as the deliveries are visible.
-        await conn.execute(NOTIFY)
+        await wake_senders(conn)
     return inserted
 
 
@@ -297,7 +151,7 @@ async def claim(
     """
     box = box or secretbox.current()
     rows = await conn.fetch(
-        CLAIM,
+        QUERIES["claim_deliveries"],
         list(busy),
         per_subscription,
         list(busy.values()),
@@ -342,7 +196,7 @@ async def claim(
 
 async def seconds_until_next_due(conn: Conn) -> float | None:
     """How long until a scheduled delivery falls due, if any is scheduled."""
-    value = await conn.fetchval(NEXT_DUE)
+    value = await conn.fetchval(QUERIES["seconds_until_next_due"])
     return None if value is None else float(value)
 
 
@@ -355,7 +209,7 @@ async def record_attempts(
     """
     async with conn.transaction():
         status = await conn.execute(
-            RECORD_ATTEMPTS,
+            QUERIES["record_attempts"],
             [r.delivery_id for r in results],
             [r.lease_token for r in results],
             [r.status for r in results],
@@ -368,22 +222,23 @@ async def record_attempts(
         )
         gone = sorted({r.subscription_id for r in results if r.outcome == "disabled"})
         if gone:
-            await conn.execute(DISABLE_SUBSCRIPTIONS, gone, "the endpoint answered 410 Gone")
+            reason = "the endpoint answered 410 Gone"
+            await conn.execute(QUERIES["disable_subscriptions"], gone, reason)
     return int(status.split()[-1])
 
 
 async def release_leases(conn: Conn, tokens: Sequence[uuid.UUID]) -> None:
     """Make unfinished leased deliveries due again at once."""
     if tokens:
-        await conn.execute(RELEASE_LEASES, list(tokens))
+        await conn.execute(QUERIES["release_leases"], list(tokens))
         await wake_senders(conn)
 
 
 async def queue_stats(conn: Conn) -> tuple[int, float]:
     """Undelivered deliveries of active subscriptions and the age of the oldest, in seconds."""
-    row = await conn.fetchrow(QUEUE_STATS)
+    row = await conn.fetchrow(QUERIES["queue_stats"])
     assert row is not None
-    return int(row[0]), float(row[1] or 0.0)
+    return int(row["undelivered"]), float(row["oldest_seconds"] or 0.0)
 
 
 async def list_deliveries(
@@ -398,17 +253,17 @@ async def list_deliveries(
     """A subscription's deliveries, newest first, before the cursor."""
     created, last_id = before if before is not None else (None, None)
     rows = await conn.fetch(
-        LIST_DELIVERIES, subscription_id, status, event_id, created, last_id, limit
+        QUERIES["list_deliveries"], subscription_id, status, event_id, created, last_id, limit
     )
-    return [Delivery(*row) for row in rows]
+    return [Delivery(**dict(row)) for row in rows]
 
 
 async def get_delivery(
     conn: Conn, subscription_id: uuid.UUID, delivery_id: uuid.UUID
 ) -> Delivery | None:
     """One delivery of a subscription, or None."""
-    row = await conn.fetchrow(GET_DELIVERY, subscription_id, delivery_id)
-    return None if row is None else Delivery(*row)
+    row = await conn.fetchrow(QUERIES["get_delivery"], subscription_id, delivery_id)
+    return None if row is None else Delivery(**dict(row))
 
 
 async def attempts_of(
@@ -416,8 +271,8 @@ async def attempts_of(
 ) -> dict[uuid.UUID, list[Attempt]]:
     """The attempt log of each delivery, in order."""
     found: dict[uuid.UUID, list[Attempt]] = {d: [] for d in delivery_ids}
-    for row in await conn.fetch(LIST_ATTEMPTS, list(delivery_ids)):
-        found[row[0]].append(Attempt(*row))
+    for row in await conn.fetch(QUERIES["list_attempts"], list(delivery_ids)):
+        found[row["delivery_id"]].append(Attempt(**dict(row)))
     return found
 
 
@@ -425,13 +280,13 @@ async def requeue(
     conn: Conn, subscription_id: uuid.UUID, delivery_id: uuid.UUID
 ) -> Delivery | None:
     """Queue a failed or dead delivery again, due now; None when it is not in such a state."""
-    row = await conn.fetchrow(REQUEUE, subscription_id, delivery_id)
+    row = await conn.fetchrow(QUERIES["requeue_delivery"], subscription_id, delivery_id)
     if row is None:
         return None
     await wake_senders(conn)
-    return Delivery(*row)
+    return Delivery(**dict(row))
 
 
 async def wake_senders(conn: Conn) -> None:
     """Tell every sender that deliveries may have become due."""
-    await conn.execute(NOTIFY)
+    await conn.execute(QUERIES["wake_senders"], CHANNEL)
