@@ -29,6 +29,7 @@ from tierline.domain.events import (
 )
 from tierline.eventlog.cloudevents import LogEvent
 from tierline.service_layer.reference import ReferenceData
+from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn
 
 log = structlog.get_logger(__name__)
@@ -57,100 +58,7 @@ SLA_EVENTS_SEEN = Counter(
     ["type"],
 )
 
-# Rows move forward only: a state older than the one stored is ignored.
-ADVANCE_ISSUES = """
-INSERT INTO sla_issues (issue_id, vendor_id, version)
-SELECT * FROM unnest($1::text[], $2::text[], $3::int[])
-ORDER BY 1
-ON CONFLICT (issue_id) DO UPDATE
-    SET version = EXCLUDED.version, vendor_id = EXCLUDED.vendor_id, updated_at = now()
-    WHERE sla_issues.version < EXCLUDED.version
-RETURNING issue_id
-"""
-DELETE_ENDED = """
-DELETE FROM sla_clocks AS c
-WHERE c.issue_id = ANY($1::text[])
-  AND NOT EXISTS (
-      SELECT 1 FROM unnest($2::text[], $3::text[]) AS k(issue_id, clock_id)
-      WHERE k.issue_id = c.issue_id AND k.clock_id = c.clock_id
-  )
-"""
-# A claimed row keeps its lease while its next action is unchanged, so an unrelated event
-# (a comment, an assignment) does not hand the same clock to a second worker.
-UPSERT_CLOCKS = """
-INSERT INTO sla_clocks (
-    issue_id, clock_id, vendor_id, kind, tier, state, due_at, fire_at, threshold, next_fire_at
-)
-SELECT k.*, k.fire_at
-FROM unnest(
-    $1::text[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
-    $7::timestamptz[], $8::timestamptz[], $9::float8[]
-) AS k(issue_id, clock_id, vendor_id, kind, tier, state, due_at, fire_at, threshold)
-ORDER BY 1, 2
-ON CONFLICT (issue_id, clock_id) DO UPDATE SET
-    vendor_id = EXCLUDED.vendor_id,
-    kind = EXCLUDED.kind,
-    tier = EXCLUDED.tier,
-    state = EXCLUDED.state,
-    due_at = EXCLUDED.due_at,
-    fire_at = EXCLUDED.fire_at,
-    threshold = EXCLUDED.threshold,
-    next_fire_at = CASE
-        WHEN sla_clocks.fire_at IS NOT DISTINCT FROM EXCLUDED.fire_at
-         AND sla_clocks.threshold IS NOT DISTINCT FROM EXCLUDED.threshold
-        THEN sla_clocks.next_fire_at ELSE EXCLUDED.fire_at END,
-    attempts = CASE
-        WHEN sla_clocks.fire_at IS NOT DISTINCT FROM EXCLUDED.fire_at
-         AND sla_clocks.threshold IS NOT DISTINCT FROM EXCLUDED.threshold
-        THEN sla_clocks.attempts ELSE 0 END
-"""
-NOTIFY = "SELECT pg_notify($1, '')"
-# Only for log records published before events carried `vendorid` (ADR 0009): the vendor this
-# consumer stored when it read the issue's `opened` event.
-KNOWN_VENDORS = "SELECT issue_id, vendor_id FROM sla_issues WHERE issue_id = ANY($1::text[])"
-QUEUE_RECOMPUTE = """
-INSERT INTO sla_recompute (issue_id, policy_version, next_attempt_at)
-SELECT DISTINCT issue_id, $1::int, $2::timestamptz FROM sla_clocks ORDER BY 1
-ON CONFLICT (issue_id) DO UPDATE
-    SET policy_version = GREATEST(sla_recompute.policy_version, EXCLUDED.policy_version),
-        next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
-"""
-RECORD_VENDOR_CHANGES = """
-INSERT INTO sla_vendor_changes (vendor_id, vendor_version, changed_at)
-SELECT * FROM unnest($1::text[], $2::int[], $3::timestamptz[]) ORDER BY 1
-ON CONFLICT (vendor_id) DO UPDATE
-    SET vendor_version = EXCLUDED.vendor_version, changed_at = EXCLUDED.changed_at
-    WHERE sla_vendor_changes.vendor_version < EXCLUDED.vendor_version
-"""
-# The vendor's issues with a running clock that this consumer has stored. Paused clocks have no
-# deadline; resuming sets it on the new calendar. Issues whose events it has not read yet (they
-# may wait on another partition) are queued when they arrive (QUEUE_LATE_ARRIVALS).
-QUEUE_VENDOR_RECOMPUTE = """
-INSERT INTO sla_recompute (issue_id, policy_version, vendor_version, next_attempt_at)
-SELECT DISTINCT ON (k.issue_id) k.issue_id, 0, changed.vendor_version, changed.at
-FROM unnest($1::text[], $2::int[], $3::timestamptz[]) AS changed(vendor_id, vendor_version, at)
-JOIN sla_clocks AS k ON k.vendor_id = changed.vendor_id AND k.state = 'running'
-ORDER BY k.issue_id
-ON CONFLICT (issue_id) DO UPDATE
-    SET vendor_version = GREATEST(sla_recompute.vendor_version, EXCLUDED.vendor_version),
-        next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
-"""
-# Issues read now whose event was recorded before (or within the margin after) a vendor change
-# this consumer applied earlier: their deadlines may be on the old calendar.
-QUEUE_LATE_ARRIVALS = """
-INSERT INTO sla_recompute (issue_id, policy_version, vendor_version, next_attempt_at)
-SELECT DISTINCT ON (a.issue_id) a.issue_id, 0, v.vendor_version, v.changed_at
-FROM unnest($1::text[], $2::text[], $3::timestamptz[]) AS a(issue_id, vendor_id, recorded_at)
-JOIN sla_vendor_changes AS v
-  ON v.vendor_id = a.vendor_id AND a.recorded_at <= v.changed_at + $4::interval
-WHERE EXISTS (
-    SELECT 1 FROM sla_clocks AS k WHERE k.issue_id = a.issue_id AND k.state = 'running'
-)
-ORDER BY a.issue_id
-ON CONFLICT (issue_id) DO UPDATE
-    SET vendor_version = GREATEST(sla_recompute.vendor_version, EXCLUDED.vendor_version),
-        next_attempt_at = EXCLUDED.next_attempt_at, attempts = 0
-"""
+QUERIES = load_queries("tierline.sla")
 
 CalendarFor = Callable[[str, Conn], Awaitable[BusinessCalendar]]
 
@@ -236,7 +144,7 @@ async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: 
         return 0
     ordered = sorted(newest.values(), key=lambda s: s.issue_id)
     advanced = await conn.fetch(
-        ADVANCE_ISSUES,
+        QUERIES["advance_issues"],
         [s.issue_id for s in ordered],
         [s.vendor_id for s in ordered],
         [s.version for s in ordered],
@@ -248,21 +156,21 @@ async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: 
     for state in accepted:
         rows.extend(clock_rows(state, await calendar_for(state.vendor_id, conn)))
     await conn.execute(
-        DELETE_ENDED,
+        QUERIES["delete_ended_clocks"],
         [s.issue_id for s in accepted],
         [r.issue_id for r in rows],
         [r.clock_id for r in rows],
     )
     if rows:
-        await conn.execute(UPSERT_CLOCKS, *_columns(rows))
+        await conn.execute(QUERIES["upsert_clocks"], *_columns(rows))
     horizon = datetime.now(UTC) + timedelta(seconds=NOTIFY_HORIZON)
     if any(r.fire_at is not None and r.fire_at <= horizon for r in rows):
-        await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+        await conn.execute(QUERIES["wake_scanners"], NOTIFY_CHANNEL)
     return len(accepted)
 
 
 def _columns(rows: Sequence[ClockRow]) -> list[list[object]]:
-    """The rows as the column arrays UPSERT_CLOCKS unnests."""
+    """The rows as the column arrays `upsert_clocks` unnests."""
     return [
         [r.issue_id for r in rows],
         [r.clock_id for r in rows],
@@ -337,8 +245,8 @@ class ClockTable:
         if policy is not None:
             # Queued in this transaction, so a crash cannot lose the recompute; due from the
             # moment the policy changed, on the write path's clock.
-            status = await conn.execute(QUEUE_RECOMPUTE, *policy)
-            await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+            status = await conn.execute(QUERIES["queue_policy_recompute"], *policy)
+            await conn.execute(QUERIES["wake_scanners"], NOTIFY_CHANNEL)
             log.info(
                 "sla_recompute_queued", policy_version=policy[0], issues=int(status.split()[-1])
             )
@@ -353,9 +261,9 @@ class ClockTable:
         """Queue the running clocks of changed vendors, in the consumer's transaction."""
         ids = sorted(vendors)
         columns = (ids, [vendors[v][0] for v in ids], [vendors[v][1] for v in ids])
-        await conn.execute(RECORD_VENDOR_CHANGES, *columns)
-        status = await conn.execute(QUEUE_VENDOR_RECOMPUTE, *columns)
-        await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+        await conn.execute(QUERIES["record_vendor_changes"], *columns)
+        status = await conn.execute(QUERIES["queue_vendor_recompute"], *columns)
+        await conn.execute(QUERIES["wake_scanners"], NOTIFY_CHANNEL)
         log.info("sla_vendor_recompute_queued", vendors=ids, issues=int(status.split()[-1]))
 
     async def _queue_late_arrivals(
@@ -363,7 +271,7 @@ class ClockTable:
     ) -> None:
         """Queue issues read after a change of their vendor but recorded before it."""
         status = await conn.execute(
-            QUEUE_LATE_ARRIVALS,
+            QUERIES["queue_late_arrivals"],
             [s.issue_id for s in states],
             [s.vendor_id for s in states],
             [latest[s.issue_id].recorded_at for s in states],
@@ -371,7 +279,7 @@ class ClockTable:
         )
         queued = int(status.split()[-1])
         if queued:
-            await conn.execute(NOTIFY, NOTIFY_CHANNEL)
+            await conn.execute(QUERIES["wake_scanners"], NOTIFY_CHANNEL)
             log.info("sla_late_vendor_recompute_queued", issues=queued)
 
     async def _states(self, conn: Conn, latest: dict[str, LoggedClocks]) -> list[IssueClocks]:
@@ -380,7 +288,8 @@ class ClockTable:
         known: dict[str, str] = {}
         if unknown:
             known = {
-                r["issue_id"]: r["vendor_id"] for r in await conn.fetch(KNOWN_VENDORS, unknown)
+                r["issue_id"]: r["vendor_id"]
+                for r in await conn.fetch(QUERIES["known_vendors"], unknown)
             }
         states = []
         for issue_id, seen in latest.items():

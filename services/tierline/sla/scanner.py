@@ -32,6 +32,7 @@ from tierline.domain.issue import Issue
 from tierline.service_layer.issues import SYSTEM, IssueNotFound, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import NOTIFY_CHANNEL, NOTIFY_HORIZON, ClockTable, IssueClocks
+from tierline.sqlfile import load_queries
 from tierline.supervise import sleep_or_stop, supervise
 
 log = structlog.get_logger(__name__)
@@ -53,51 +54,7 @@ CLAIMED = Histogram(
 )
 RECOMPUTED = Counter("tierline_sla_recomputes_total", "RecomputeSla commands sent")
 
-# The lease doubles with each claim that did not move the clock on, up to $4 seconds. The
-# claimed rows are found again by ctid (stable while they are locked), which is a TID scan:
-# joined by key instead, the planner hashes the whole table on every claim.
-CLAIM_DUE = """
-UPDATE sla_clocks AS c
-SET next_fire_at = $1 + make_interval(secs => least($3::float8 * power(2, c.attempts), $4)),
-    attempts = c.attempts + 1
-WHERE c.ctid = ANY(ARRAY(
-    SELECT ctid FROM sla_clocks
-    WHERE next_fire_at <= $1
-    ORDER BY next_fire_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING c.issue_id, c.clock_id, c.fire_at, c.threshold, c.due_at, c.attempts
-"""
-CLAIM_RECOMPUTE = """
-UPDATE sla_recompute AS r
-SET next_attempt_at = $1 + make_interval(secs => least($3::float8 * power(2, r.attempts), $4)),
-    attempts = r.attempts + 1
-WHERE r.ctid = ANY(ARRAY(
-    SELECT ctid FROM sla_recompute
-    WHERE next_attempt_at <= $1
-    ORDER BY next_attempt_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-))
-RETURNING r.issue_id, r.policy_version, r.vendor_version,
-    (SELECT i.vendor_id FROM sla_issues AS i WHERE i.issue_id = r.issue_id) AS vendor_id
-"""
-# Only the versions recomputed: a newer policy or vendor change queued meanwhile stays queued.
-FINISH_RECOMPUTE = """
-DELETE FROM sla_recompute AS r
-USING unnest($1::text[], $2::int[], $3::int[]) AS done(issue_id, policy_version, vendor_version)
-WHERE r.issue_id = done.issue_id
-  AND r.policy_version <= done.policy_version
-  AND r.vendor_version <= done.vendor_version
-"""
-FORGET_ISSUE = "DELETE FROM sla_clocks WHERE issue_id = $1"
-NEAREST = """
-SELECT least(
-    (SELECT min(next_fire_at) FROM sla_clocks WHERE next_fire_at IS NOT NULL),
-    (SELECT min(next_attempt_at) FROM sla_recompute)
-)
-"""
+QUERIES = load_queries("tierline.sla")
 
 
 def _utcnow() -> datetime:
@@ -203,7 +160,7 @@ class SlaScanner:
 
     async def _sleep(self, stop: asyncio.Event, scanned_at: float) -> None:
         """Until the nearest fire time (at most `max_sleep`), a NOTIFY, or `stop`."""
-        nearest: datetime | None = await self._pool.fetchval(NEAREST)
+        nearest: datetime | None = await self._pool.fetchval(QUERIES["nearest_fire_time"])
         delay = self._max_sleep
         if nearest is not None:
             delay = min(delay, max(0.0, (nearest - self._now()).total_seconds()))
@@ -230,9 +187,9 @@ class SlaScanner:
     async def claim_due(self, now: datetime) -> list[DueClock]:
         """Take up to a batch of clocks due by `now`, leasing them to this worker."""
         rows = await self._pool.fetch(
-            CLAIM_DUE, now, self._batch_size, self._lease, self._max_lease
+            QUERIES["claim_due_clocks"], now, self._batch_size, self._lease, self._max_lease
         )
-        due = sorted((DueClock(*row) for row in rows), key=lambda d: d.fire_at)
+        due = sorted((DueClock(**dict(row)) for row in rows), key=lambda d: d.fire_at)
         if due:
             CLAIMED.observe(len(due))
             stuck = [d for d in due if d.attempts >= 3]
@@ -285,7 +242,7 @@ class SlaScanner:
         for item, command, answer in zip(group, commands, answers, strict=True):
             name = type(command).__name__
             if isinstance(answer, IssueNotFound):
-                await self._pool.execute(FORGET_ISSUE, item.issue_id)
+                await self._pool.execute(QUERIES["forget_issue_clocks"], item.issue_id)
             elif isinstance(answer, Exception):
                 COMMANDS.labels(name, "failed").inc()
                 log.error(
@@ -311,7 +268,7 @@ class SlaScanner:
     async def _recompute_batch(self) -> int:
         """Send RecomputeSla to a batch of issues queued by a policy or vendor change."""
         rows = await self._pool.fetch(
-            CLAIM_RECOMPUTE, self._now(), self._batch_size, self._lease, self._max_lease
+            QUERIES["claim_recompute"], self._now(), self._batch_size, self._lease, self._max_lease
         )
         if not rows:
             return 0
@@ -333,7 +290,7 @@ class SlaScanner:
         versions = {r["issue_id"]: (r["policy_version"], r["vendor_version"]) for r in rows}
         finished = [issue_id for issue_id, issue in answered if issue is not None]
         await self._pool.execute(
-            FINISH_RECOMPUTE,
+            QUERIES["finish_recompute"],
             finished,
             [versions[issue_id][0] for issue_id in finished],
             [versions[issue_id][1] for issue_id in finished],
@@ -346,7 +303,9 @@ class SlaScanner:
         try:
             issue = (await self._service.execute(SYSTEM, issue_id, c.RecomputeSla())).issue
         except IssueNotFound:
-            await self._pool.execute(FINISH_RECOMPUTE, [issue_id], [2**31 - 1], [2**31 - 1])
+            await self._pool.execute(
+                QUERIES["finish_recompute"], [issue_id], [2**31 - 1], [2**31 - 1]
+            )
             return None
         except Exception as exc:
             # Left queued: the lease brings it back.
