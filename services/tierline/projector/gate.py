@@ -16,16 +16,14 @@ import asyncpg
 import structlog
 from prometheus_client import Counter, Gauge
 
+from tierline.sqlfile import load_queries
+
 log = structlog.get_logger(__name__)
 
 SWAP_LOCK_ID = 7_311_529_011
 PAUSE_POLL_SECONDS = 0.1
 
-TRY_ENTER = """
-SELECT pg_try_advisory_lock_shared($1) AS entered,
-       (SELECT coalesce(max(id), 0) FROM read.rebuilds) AS generation
-"""
-LEAVE = "SELECT pg_advisory_unlock_shared($1)"
+QUERIES = load_queries("tierline.projector")
 
 PAUSED = Gauge("tierline_projector_paused", "1 while the projector waits for a replay's swap")
 PAUSES = Counter("tierline_projector_pauses_total", "Times the projector waited for a swap")
@@ -44,7 +42,7 @@ class ReplayGate:
         paused = False
         try:
             while True:
-                row = await conn.fetchrow(TRY_ENTER, SWAP_LOCK_ID)
+                row = await conn.fetchrow(QUERIES["try_enter_gate"], SWAP_LOCK_ID)
                 assert row is not None
                 if row["entered"]:
                     return int(row["generation"])
@@ -69,7 +67,7 @@ class ReplayGate:
         if self._conn is None:
             return
         try:
-            await self._conn.execute(LEAVE, SWAP_LOCK_ID)
+            await self._conn.execute(QUERIES["leave_gate"], SWAP_LOCK_ID)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await self.close()
             raise

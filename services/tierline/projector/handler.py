@@ -34,10 +34,11 @@ from tierline.projector.tables import (
     write_issues,
     write_timeline,
 )
+from tierline.sqlfile import load_queries
 
 log = structlog.get_logger(__name__)
 
-ASYNC_COMMIT = "SET LOCAL synchronous_commit = off"
+QUERIES = load_queries("tierline.projector")
 
 ROWS_WRITTEN = Counter(
     "tierline_projector_rows_written_total", "Read-model rows written", ["schema", "table"]
@@ -123,7 +124,7 @@ class Projector:
         else:
             # A replay that dies starts over from nothing, so its batches need not wait for
             # their commit to reach the disk; the swap itself commits durably.
-            await conn.execute(ASYNC_COMMIT)
+            await conn.execute(QUERIES["async_commit"])
             await self._append(conn, changes)
             self._pending.absorb(changes)
         self._remember(changes)

@@ -13,65 +13,11 @@ from typing import Any
 
 import asyncpg
 
+from tierline.sqlfile import load_queries
+
 OPEN_STATUSES = ("open", "acknowledged", "on_hold")
 
-# Each filter is NULL when absent; keyset pagination on list_seq (the projector's commit order).
-LIST_ISSUES = """
-SELECT issue_id, list_seq, vendor_id, title, category, priority, status, tier, assignee,
-       external_ref, version, created_at, updated_at, breach_count, escalation_count,
-       sla_breached, next_due_at, clocks::text
-FROM read.issues
-WHERE list_seq > $1
-  AND ($2::text[] IS NULL OR vendor_id = ANY($2::text[]))
-  AND ($3::text[] IS NULL OR status = ANY($3::text[]))
-  AND ($4::int[] IS NULL OR tier = ANY($4::int[]))
-  AND ($5::text[] IS NULL OR priority = ANY($5::text[]))
-  AND ($6::text[] IS NULL OR category = ANY($6::text[]))
-  AND ($7::bool IS NULL OR (breach_count > 0) = $7::bool)
-ORDER BY list_seq
-LIMIT $8
-"""
-
-SCORECARD_TOTALS = """
-SELECT coalesce(sum(opened), 0)::int AS opened,
-       coalesce(sum(acknowledged), 0)::int AS acknowledged,
-       coalesce(sum(resolved), 0)::int AS resolved,
-       coalesce(sum(reopened), 0)::int AS reopened,
-       coalesce(sum(closed), 0)::int AS closed,
-       coalesce(sum(escalations), 0)::int AS escalations,
-       coalesce(sum(automatic_escalations), 0)::int AS automatic_escalations,
-       coalesce(sum(warnings), 0)::int AS warnings,
-       coalesce(sum(breaches), 0)::int AS breaches,
-       coalesce(sum(clocks_met), 0)::int AS clocks_met,
-       coalesce(sum(ack_seconds_total), 0)::float8 AS ack_seconds_total,
-       coalesce(sum(resolve_seconds_total), 0)::float8 AS resolve_seconds_total
-FROM read.vendor_daily
-WHERE vendor_id = $1 AND day BETWEEN $2 AND $3
-"""
-SCORECARD_DAYS = """
-SELECT day, opened, acknowledged, resolved, reopened, escalations, breaches, clocks_met,
-       open_at_end_of_day, mtta_seconds, mttr_seconds, sla_compliance
-FROM read.vendor_scorecard_daily
-WHERE vendor_id = $1 AND day BETWEEN $2 AND $3
-ORDER BY day
-"""
-BREACHES_BY_TIER = """
-SELECT tier, kind, count(*)::int AS count
-FROM read.sla_clocks
-WHERE vendor_id = $1 AND outcome = 'breached' AND outcome_at >= $2 AND outcome_at < $3
-GROUP BY tier, kind
-ORDER BY tier, kind
-"""
-ESCALATIONS_BY_TIER = """
-SELECT to_tier, count(*)::int AS count
-FROM read.escalations
-WHERE vendor_id = $1 AND direction = 'up' AND escalated_at >= $2 AND escalated_at < $3
-GROUP BY to_tier
-ORDER BY to_tier
-"""
-OPEN_NOW = """
-SELECT count(*)::int FROM read.issues WHERE vendor_id = $1 AND status = ANY($2::text[])
-"""
+QUERIES = load_queries("tierline.projector")
 
 
 class BadCursor(ValueError):
@@ -98,7 +44,7 @@ class IssueFilter:
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     def params(self) -> list[Any]:
-        """The filter values as LIST_ISSUES parameters $2..$7."""
+        """The filter values as `list_issues` parameters $2..$7."""
         return [
             _listed(self.vendor_ids),
             _listed(self.statuses),
@@ -139,7 +85,7 @@ async def list_issues(
     pool: asyncpg.Pool, filters: IssueFilter, after: int, limit: int
 ) -> tuple[list[asyncpg.Record], int | None]:
     """One page of issues after a position, and the position to continue from (None: done)."""
-    rows = await pool.fetch(LIST_ISSUES, after, *filters.params(), limit + 1)
+    rows = await pool.fetch(QUERIES["list_issues"], after, *filters.params(), limit + 1)
     if len(rows) > limit:
         page = rows[:limit]
         return page, page[-1]["list_seq"]
@@ -171,12 +117,16 @@ async def scorecard_rows(
     """A vendor's figures for the days `start` to `end` (UTC, inclusive), from one snapshot."""
     since, until = day_bounds(start, end)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        totals = await conn.fetchrow(SCORECARD_TOTALS, vendor_id, start, end)
+        totals = await conn.fetchrow(QUERIES["scorecard_totals"], vendor_id, start, end)
         assert totals is not None
         return ScorecardRows(
             totals=totals,
-            days=list(await conn.fetch(SCORECARD_DAYS, vendor_id, start, end)),
-            breaches=list(await conn.fetch(BREACHES_BY_TIER, vendor_id, since, until)),
-            escalations=list(await conn.fetch(ESCALATIONS_BY_TIER, vendor_id, since, until)),
-            open_now=int(await conn.fetchval(OPEN_NOW, vendor_id, list(OPEN_STATUSES))),
+            days=list(await conn.fetch(QUERIES["scorecard_days"], vendor_id, start, end)),
+            breaches=list(await conn.fetch(QUERIES["breaches_by_tier"], vendor_id, since, until)),
+            escalations=list(
+                await conn.fetch(QUERIES["escalations_by_tier"], vendor_id, since, until)
+            ),
+            open_now=int(
+                await conn.fetchval(QUERIES["open_issues_now"], vendor_id, list(OPEN_STATUSES))
+            ),
         )

@@ -27,6 +27,7 @@ from tierline.projector.handler import Projector
 from tierline.projector.logreader import LogReader
 from tierline.projector.role import CONSUMER_NAME
 from tierline.projector.tables import REPLAY_SCHEMA, ReadTables
+from tierline.sqlfile import load_queries
 from tierline.store.pool import create_pool
 
 log = structlog.get_logger(__name__)
@@ -37,10 +38,7 @@ MIN_REPLAY_BATCH = 5000
 WATCH_SECONDS = 0.2
 IDLE_POLLS_AT_END = 20
 
-LOAD_OFFSETS = """
-SELECT partition, next_offset FROM public.consumer_offsets
-WHERE consumer = $1 AND topic = $2 AND log_identity = $3
-"""
+QUERIES = load_queries("tierline.projector")
 
 Progress = Callable[[int, int | None], None]
 
@@ -56,7 +54,7 @@ async def stored_offsets(
     conn: asyncpg.Connection | asyncpg.Pool, consumer: str, topic: str, identity: str
 ) -> dict[int, int]:
     """A consumer's stored offsets in this log (offsets in a lost log do not count)."""
-    rows = await conn.fetch(LOAD_OFFSETS, consumer, topic, identity)
+    rows = await conn.fetch(QUERIES["stored_offsets"], consumer, topic, identity)
     return {row["partition"]: row["next_offset"] for row in rows}
 
 

@@ -65,6 +65,7 @@ from tierline.projector.tables import (
     RETIRED_SCHEMA,
     ReadTables,
 )
+from tierline.sqlfile import load_queries
 from tierline.store.pool import create_pool
 
 log = structlog.get_logger(__name__)
@@ -72,9 +73,10 @@ log = structlog.get_logger(__name__)
 RUN_LOCK_ID = 7_311_529_012
 DEFAULT_MAX_WORKERS = 2
 
-TRY_RUN_LOCK = "SELECT pg_try_advisory_lock($1)"
-RUN_UNLOCK = "SELECT pg_advisory_unlock($1)"
-TAKE_SWAP_LOCK = "SELECT pg_advisory_xact_lock($1)"
+QUERIES = load_queries("tierline.projector")
+
+# DDL naming schemas and tables: identifiers cannot travel as parameters, and these are
+# formatted from the fixed names in tables.py only (never from input).
 DROP_SCHEMA = "DROP SCHEMA IF EXISTS {schema} CASCADE"
 CREATE_SCHEMA = "CREATE SCHEMA {schema}"
 # Indexes come after the bulk load (building one is cheaper than maintaining it row by row),
@@ -89,67 +91,7 @@ CLONE_INDEXED_TABLE = (
 INDEXED_DURING_BUILD = frozenset({"vendor_daily"})
 MOVE_TABLE = "ALTER TABLE {source}.{table} SET SCHEMA {target}"
 DROP_TABLE = "DROP TABLE {schema}.{table}"
-FORGET_OFFSETS = "DELETE FROM public.consumer_offsets WHERE consumer = $1"
-FORGET_STREAMS = "DELETE FROM public.consumer_stream_versions WHERE consumer = $1"
-TAKE_OVER_OFFSETS = """
-UPDATE public.consumer_offsets SET consumer = $1 WHERE consumer = $2 AND topic = $3
-"""
-TAKE_OVER_STREAMS = "UPDATE public.consumer_stream_versions SET consumer = $1 WHERE consumer = $2"
-FORGET_TOPIC_OFFSETS = "DELETE FROM public.consumer_offsets WHERE consumer = $1 AND topic = $2"
-# Grants of a live table, as statements re-granting them on its rebuilt copy.
-COPY_GRANTS = """
-SELECT format('GRANT %s ON %I.%I TO %s', a.privilege_type, $2::text, $3::text,
-              CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(r.rolname) END)
-FROM pg_class AS c
-CROSS JOIN LATERAL aclexplode(c.relacl) AS a
-LEFT JOIN pg_roles AS r ON r.oid = a.grantee
-WHERE c.oid = to_regclass($1) AND a.grantee <> c.relowner
-"""
-# Qualified definitions of the views in `read` (read with search_path = pg_catalog).
-VIEW_DEFINITIONS = """
-SELECT quote_ident(c.relname) AS name, pg_get_viewdef(c.oid, true) AS definition
-FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE n.nspname = 'read' AND c.relkind = 'v'
-ORDER BY c.oid
-"""
 REPLACE_VIEW = "CREATE OR REPLACE VIEW read.{name} AS {definition}"
-# The live table's keys and indexes, as statements creating them (same names) on its copy;
-# read with search_path = pg_catalog so that every name comes qualified.
-TABLE_KEYS = """
-SELECT format('ALTER TABLE %I.%I ADD CONSTRAINT %I %s', $2::text, c.relname, k.conname,
-              pg_get_constraintdef(k.oid))
-FROM pg_constraint AS k JOIN pg_class AS c ON c.oid = k.conrelid
-WHERE k.conrelid = to_regclass($1) AND k.contype IN ('p', 'u')
-"""
-TABLE_INDEXES = """
-SELECT pg_get_indexdef(i.indexrelid)
-FROM pg_index AS i
-WHERE i.indrelid = to_regclass($1)
-  AND NOT EXISTS (SELECT 1 FROM pg_constraint AS k WHERE k.conindid = i.indexrelid)
-"""
-# Issues keep the list position they had, so clients' cursors stay valid across a replay.
-CARRY_LIST_SEQ = f"""
-UPDATE {REPLAY_SCHEMA}.issues AS r SET list_seq = l.list_seq
-FROM {LIVE_SCHEMA}.issues AS l WHERE l.issue_id = r.issue_id
-"""
-# Issues only the rebuild knows of go after every position handed out so far, in rebuild order.
-NUMBER_NEW_ISSUES = f"""
-WITH fresh AS (
-    SELECT r.issue_id, row_number() OVER (ORDER BY r.list_seq) AS n
-    FROM {REPLAY_SCHEMA}.issues AS r
-    WHERE NOT EXISTS (SELECT 1 FROM {LIVE_SCHEMA}.issues AS l WHERE l.issue_id = r.issue_id)
-), base AS MATERIALIZED (
-    SELECT nextval('read.issue_list_seq') AS b, (SELECT count(*) FROM fresh) AS n
-), reserved AS MATERIALIZED (
-    SELECT b, setval('read.issue_list_seq', b + n) AS upto FROM base
-)
-UPDATE {REPLAY_SCHEMA}.issues AS r SET list_seq = reserved.b + fresh.n
-FROM fresh, reserved WHERE r.issue_id = fresh.issue_id
-"""
-RECORD_REBUILD = """
-INSERT INTO read.rebuilds (projections, started_at, finished_at, events)
-VALUES ($1::text[], to_timestamp($2), now(), $3) RETURNING id
-"""
 
 
 class ReplayBusy(Exception):
@@ -221,13 +163,13 @@ class Replay:
         pool = await create_pool(self._settings.database_url, min_size=2, max_size=6)
         try:
             async with connection(pool) as run_lock:
-                if not await run_lock.fetchval(TRY_RUN_LOCK, RUN_LOCK_ID):
+                if not await run_lock.fetchval(QUERIES["try_run_lock"], RUN_LOCK_ID):
                     raise ReplayBusy("another replay is running")
                 try:
                     with without_cyclic_gc():
                         generation = await self._run(pool, started)
                 finally:
-                    await run_lock.execute(RUN_UNLOCK, RUN_LOCK_ID)
+                    await run_lock.execute(QUERIES["run_unlock"], RUN_LOCK_ID)
         finally:
             await pool.close()
         result = ReplayResult(
@@ -269,14 +211,15 @@ class Replay:
 
     async def _index_table(self, pool: asyncpg.Pool, table: str) -> None:
         async with connection(pool) as conn, conn.transaction():
-            await conn.execute("SET LOCAL search_path = pg_catalog")
+            await conn.execute(QUERIES["catalog_search_path"])
             live_table = f"{LIVE_SCHEMA}.{table}"
-            statements = [r[0] for r in await conn.fetch(TABLE_KEYS, live_table, REPLAY_SCHEMA)]
-            for row in await conn.fetch(TABLE_INDEXES, live_table):
-                on_live = f" ON {live_table} "
-                if on_live not in row[0]:
-                    raise RuntimeError(f"unexpected index definition: {row[0]}")
-                statements.append(row[0].replace(on_live, f" ON {REPLAY_SCHEMA}.{table} "))
+            keys = await conn.fetch(QUERIES["table_keys"], live_table, REPLAY_SCHEMA)
+            statements = [row["statement"] for row in keys]
+            for row in await conn.fetch(QUERIES["table_indexes"], live_table):
+                on_live, definition = f" ON {live_table} ", row["definition"]
+                if on_live not in definition:
+                    raise RuntimeError(f"unexpected index definition: {definition}")
+                statements.append(definition.replace(on_live, f" ON {REPLAY_SCHEMA}.{table} "))
             for statement in statements:
                 await conn.execute(statement)
 
@@ -324,8 +267,8 @@ class Replay:
             for projection in {"issues", *self.projections}:
                 clone = CLONE_INDEXED_TABLE if projection in INDEXED_DURING_BUILD else CLONE_TABLE
                 await conn.execute(clone.format(table=PROJECTION_TABLES[projection]))
-            await conn.execute(FORGET_OFFSETS, REPLAY_CONSUMER)
-            await conn.execute(FORGET_STREAMS, REPLAY_CONSUMER)
+            await conn.execute(QUERIES["forget_offsets"], REPLAY_CONSUMER)
+            await conn.execute(QUERIES["forget_streams"], REPLAY_CONSUMER)
         log.info(
             "replay_started",
             projections=list(self.projections),
@@ -337,7 +280,7 @@ class Replay:
         self, pool: asyncpg.Pool, rebuilder: Rebuilder, partitions: list[int], started: float
     ) -> int:
         async with connection(pool) as conn, conn.transaction():
-            await conn.execute(TAKE_SWAP_LOCK, SWAP_LOCK_ID)
+            await conn.execute(QUERIES["take_swap_lock"], SWAP_LOCK_ID)
             live = await stored_offsets(conn, CONSUMER_NAME, self._topic, self._identity)
             if self._full:
                 await rebuilder.catch_up(pool, live)
@@ -346,7 +289,9 @@ class Replay:
             await rebuilder.flush(pool)
             await self._switch(conn)
             generation = int(
-                await conn.fetchval(RECORD_REBUILD, list(self.projections), started, self._read)
+                await conn.fetchval(
+                    QUERIES["record_rebuild"], list(self.projections), started, self._read
+                )
             )
         log.info("replay_swapped", projections=list(self.projections), generation=generation)
         return generation
@@ -377,12 +322,12 @@ class Replay:
     async def _switch(self, conn: asyncpg.Connection) -> None:
         """Move the rebuilt tables into `read` in the caller's transaction."""
         tables = [PROJECTION_TABLES[p] for p in self.projections]
-        await conn.execute("SET LOCAL search_path = pg_catalog")
-        views = await conn.fetch(VIEW_DEFINITIONS)
-        await conn.execute("RESET search_path")
+        await conn.execute(QUERIES["catalog_search_path"])
+        views = await conn.fetch(QUERIES["view_definitions"])
+        await conn.execute(QUERIES["reset_search_path"])
         if "issues" in self.projections:
-            await conn.execute(CARRY_LIST_SEQ)
-            await conn.execute(NUMBER_NEW_ISSUES)
+            await conn.execute(QUERIES["carry_list_seq"])
+            await conn.execute(QUERIES["number_new_issues"])
         await conn.execute(DROP_SCHEMA.format(schema=RETIRED_SCHEMA))
         await conn.execute(CREATE_SCHEMA.format(schema=RETIRED_SCHEMA))
         for table in tables:
@@ -402,12 +347,14 @@ class Replay:
         await conn.execute(DROP_SCHEMA.format(schema=RETIRED_SCHEMA))
         await conn.execute(DROP_SCHEMA.format(schema=REPLAY_SCHEMA))
         if self._full:
-            await conn.execute(FORGET_TOPIC_OFFSETS, CONSUMER_NAME, self._topic)
-            await conn.execute(TAKE_OVER_OFFSETS, CONSUMER_NAME, REPLAY_CONSUMER, self._topic)
-            await conn.execute(FORGET_STREAMS, CONSUMER_NAME)
-            await conn.execute(TAKE_OVER_STREAMS, CONSUMER_NAME, REPLAY_CONSUMER)
-        await conn.execute(FORGET_OFFSETS, REPLAY_CONSUMER)
-        await conn.execute(FORGET_STREAMS, REPLAY_CONSUMER)
+            await conn.execute(QUERIES["forget_topic_offsets"], CONSUMER_NAME, self._topic)
+            await conn.execute(
+                QUERIES["take_over_offsets"], CONSUMER_NAME, REPLAY_CONSUMER, self._topic
+            )
+            await conn.execute(QUERIES["forget_streams"], CONSUMER_NAME)
+            await conn.execute(QUERIES["take_over_streams"], CONSUMER_NAME, REPLAY_CONSUMER)
+        await conn.execute(QUERIES["forget_offsets"], REPLAY_CONSUMER)
+        await conn.execute(QUERIES["forget_streams"], REPLAY_CONSUMER)
 
 
 def default_workers(settings: Settings) -> int:
@@ -419,9 +366,10 @@ def default_workers(settings: Settings) -> int:
 
 
 async def _copy_grants(conn: asyncpg.Connection, table: str) -> None:
-    grants = await conn.fetch(COPY_GRANTS, f"{LIVE_SCHEMA}.{table}", REPLAY_SCHEMA, table)
+    live_table = f"{LIVE_SCHEMA}.{table}"
+    grants = await conn.fetch(QUERIES["copy_grants"], live_table, REPLAY_SCHEMA, table)
     for grant in grants:
-        await conn.execute(grant[0])
+        await conn.execute(grant["statement"])
 
 
 class RichProgress:

@@ -27,6 +27,9 @@ from tierline.projector.fold import (
     encode_json,
     issue_clock_summary,
 )
+from tierline.sqlfile import load_queries
+
+QUERIES = load_queries("tierline.projector")
 
 LIVE_SCHEMA = "read"
 REPLAY_SCHEMA = "read_replay"
@@ -155,7 +158,6 @@ UPSERT_DAILY = (
 )
 # Batches that add issues take this lock until commit, so list_seq order is commit order.
 LIST_SEQ_LOCK_ID = 7_311_529_010
-LOCK_LIST_SEQ = "SELECT pg_advisory_xact_lock($1)"
 
 
 @dataclass(frozen=True)
@@ -175,7 +177,7 @@ class ReadTables:
 
 def issue_from_record(record: asyncpg.Record) -> IssueRow:
     """An IssueRow from a SELECT_ISSUES row."""
-    values = dict(zip(ISSUE_ROW_FIELDS, record, strict=True))
+    values = {name: record[name] for name in ISSUE_ROW_FIELDS}
     values["clocks"] = json.loads(values["clocks"])
     return IssueRow(**values)
 
@@ -185,7 +187,7 @@ async def load_issues(
 ) -> dict[str, IssueRow]:
     """The stored rows of these issues (absent ones are missing from the result)."""
     rows = await conn.fetch(tables.sql(SELECT_ISSUES), list(issue_ids))
-    return {row[0]: issue_from_record(row) for row in rows}
+    return {row["issue_id"]: issue_from_record(row) for row in rows}
 
 
 def issue_values(row: IssueRow) -> list[Any]:
@@ -248,7 +250,7 @@ async def write_issues(
     known = [row for issue_id, row in changes.issues.items() if issue_id not in new]
     if fresh:
         if ordered:
-            await conn.execute(LOCK_LIST_SEQ, LIST_SEQ_LOCK_ID)
+            await conn.execute(QUERIES["lock_list_seq"], LIST_SEQ_LOCK_ID)
         await conn.execute(tables.sql(INSERT_ISSUES), *_issue_arrays(fresh))
     if known:
         await conn.execute(tables.sql(UPDATE_ISSUES), *_issue_arrays(known))
