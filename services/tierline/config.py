@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tierline.eventlog.kafka import DEFAULT_FETCH_MAX_WAIT_MS
+
 ISSUE_EVENTS_TOPIC = "tierline.issue-events.v1"
 
 
@@ -45,6 +47,8 @@ class Settings(BaseSettings):
     relay_batch_size: int = 500
     relay_poll_interval: float = 1.0
     consumer_batch_size: int = 2000
+    # Longest a consumer's fetch waits on the broker (see eventlog/kafka.py for why it matters).
+    consumer_fetch_max_wait_ms: int = Field(default=DEFAULT_FETCH_MAX_WAIT_MS, ge=0)
     # Worker processes for `tierline replay` (None: up to 2, one per core).
     replay_workers: int | None = None
     webhooks_allow_private_targets: bool = False

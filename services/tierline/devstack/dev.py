@@ -19,7 +19,7 @@ from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import free_port
 from tierline.devstack.secret_key import dev_secret_key
 from tierline.devstack.tansu import TansuBroker
-from tierline.eventlog.kafka import ensure_topic
+from tierline.eventlog.kafka import TANSU_FETCH_MAX_WAIT_MS, ensure_topic
 from tierline.logs import configure_logging
 from tierline.store.api_keys import create_api_key, find_api_key, key_was_revoked, new_key
 from tierline.store.migrate import migrate_url
@@ -122,6 +122,10 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
         if "TIERLINE_KAFKA_IDEMPOTENCE" not in os.environ:
             # Tansu refuses producer ids; probing it logs a harmless but alarming ERROR.
             update["kafka_idempotence"] = "false"
+        if "TIERLINE_CONSUMER_FETCH_MAX_WAIT_MS" not in os.environ:
+            # Tansu answers a waiting fetch only after about half of this, however soon a
+            # record arrives (eventlog/kafka.py): the default 500 ms made every event late.
+            update["consumer_fetch_max_wait_ms"] = TANSU_FETCH_MAX_WAIT_MS
         if settings.api_port == 0:
             update["api_port"] = free_port()
         if "TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS" not in os.environ:

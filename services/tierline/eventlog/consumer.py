@@ -23,7 +23,12 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from tierline.config import ISSUE_EVENTS_TOPIC
 from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
-from tierline.eventlog.kafka import cluster_identity
+from tierline.eventlog.freshness import (
+    CONSUMER_APPLY_DELAY,
+    CONSUMER_END_TO_END,
+    CONSUMER_TRANSIT,
+)
+from tierline.eventlog.kafka import DEFAULT_FETCH_MAX_WAIT_MS, cluster_identity
 from tierline.sqlfile import load_queries
 from tierline.supervise import supervise
 
@@ -69,6 +74,8 @@ class Record:
     partition: int
     offset: int
     event: LogEvent
+    # The Kafka record timestamp in seconds (the relay's send), None when the broker gave none.
+    sent_at: float | None = None
 
 
 async def apply_batch(
@@ -153,6 +160,7 @@ class LogConsumer:
         batch_size: int = 2000,
         group_id: str | None = None,
         poll_timeout_ms: int = 200,
+        fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
     ) -> None:
         self.name = name
         self._pool = pool
@@ -167,6 +175,7 @@ class LogConsumer:
         )
         self._group_id = group_id or default_group
         self._poll_timeout_ms = poll_timeout_ms
+        self._fetch_max_wait_ms = fetch_max_wait_ms
         self._identity = ""
         self._consumer: AIOKafkaConsumer | None = None
         self.assigned: set[int] = set()
@@ -210,6 +219,7 @@ class LogConsumer:
             max_poll_records=self._batch_size,
             fetch_max_bytes=16 * 1024 * 1024,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
         )
         self._consumer = consumer
         consumer.subscribe([self._topic], listener=_SeekFromStore(self))
@@ -249,6 +259,7 @@ class LogConsumer:
                     await fetch
                 return 0
         batches = await fetch
+        received = time.time()
         records: list[Record] = []
         for tp, messages in batches.items():
             for msg in messages:
@@ -262,7 +273,8 @@ class LogConsumer:
                         error=str(exc),
                     )
                     continue
-                records.append(Record(tp.partition, msg.offset, event))
+                sent_at = msg.timestamp / 1000 if msg.timestamp and msg.timestamp > 0 else None
+                records.append(Record(tp.partition, msg.offset, event, sent_at))
             if messages:
                 end = consumer.highwater(tp)
                 if end is not None:
@@ -282,4 +294,17 @@ class LogConsumer:
         BATCH_SIZE.labels(self.name).observe(len(records))
         for record in records[-1:]:
             FRESHNESS.labels(self.name).observe(max(0.0, started - record.event.time.timestamp()))
+        observe_stages(self.name, records, received, time.time())
         return len(records)
+
+
+def observe_stages(consumer: str, records: Sequence[Record], received: float, done: float) -> None:
+    """Per event: relay send → receive, receive → committed, and commit → committed."""
+    transit = CONSUMER_TRANSIT.labels(consumer)
+    apply_delay = CONSUMER_APPLY_DELAY.labels(consumer)
+    end_to_end = CONSUMER_END_TO_END.labels(consumer)
+    for record in records:
+        if record.sent_at is not None:
+            transit.observe(max(0.0, received - record.sent_at))
+        apply_delay.observe(done - received)
+        end_to_end.observe(max(0.0, done - record.event.time.timestamp()))

@@ -112,6 +112,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         projector=Projector(ReadTables(LIVE_SCHEMA)),
         gate=gate,
         batch_size=settings.consumer_batch_size,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
     )
     log.info("projector_started", topic=settings.kafka_topic)
     try:

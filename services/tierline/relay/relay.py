@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 
 import asyncpg
@@ -12,6 +13,7 @@ from aiokafka import AIOKafkaProducer
 from prometheus_client import Counter, Gauge
 
 from tierline.eventlog.cloudevents import to_kafka_record
+from tierline.eventlog.freshness import RELAY_PUBLISH, RELAY_READ_DELAY
 from tierline.eventlog.kafka import cluster_identity, ensure_topic, producer_options
 from tierline.sqlfile import load_queries
 from tierline.store.event_store import stored_event
@@ -126,11 +128,17 @@ class Relay:
         rows = await conn.fetch(QUERIES["unpublished_events"], self._batch_size)
         if not rows:
             return 0
+        read_at = time.time()
+        for row in rows:
+            RELAY_READ_DELAY.observe(max(0.0, read_at - row["time"].timestamp()))
         futures = []
         for row in rows:
             key, value, headers = to_kafka_record(stored_event(row))
             futures.append(await producer.send(self._topic, value=value, key=key, headers=headers))
         await asyncio.gather(*futures)
+        acked = time.time() - read_at
+        for _ in rows:
+            RELAY_PUBLISH.observe(acked)
         positions = [row["position"] for row in rows]
         await conn.execute(QUERIES["mark_published"], positions, datetime.now(UTC))
         EVENTS_PUBLISHED.inc(len(rows))
