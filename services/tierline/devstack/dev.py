@@ -156,7 +156,9 @@ async def _serve(
 
     roles = asyncio.create_task(run_roles(settings, list(available_roles()), stop))
     api_url = f"http://{settings.api_host}:{settings.api_port}"
-    await _wait_http(f"{api_url}/readyz", roles)
+    if not await _wait_http(f"{api_url}/readyz", roles, stop):
+        print("  Stopped before the stack was ready.", file=sys.stderr)
+        return 0
     if demo and key is not None:
         from tierline.devstack.demo import seed_demo
 
@@ -177,19 +179,24 @@ async def _serve(
     return 0
 
 
-async def _wait_http(url: str, roles: asyncio.Task[None], timeout: float = 60.0) -> None:
+async def _wait_http(
+    url: str, roles: asyncio.Task[None], stop: asyncio.Event, timeout: float = 60.0
+) -> bool:
+    """True once `url` answers 200; False when Ctrl-C stopped the roles while starting."""
     import aiohttp
 
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if roles.done():
-                roles.result()
+                roles.result()  # a role that failed says why
+                if stop.is_set():
+                    return False
                 raise RuntimeError("roles stopped before the API was ready")
             try:
                 async with session.get(url) as resp:
                     if resp.status == 200:
-                        return
+                        return True
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
