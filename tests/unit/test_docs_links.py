@@ -28,3 +28,29 @@ def test_links_resolve_to_files_in_the_repository(doc: Path) -> None:
         if ROOT not in (doc.parent / target).resolve().parents:
             broken.append(target)
     assert not broken, f"{doc.name}: {broken}"
+
+
+def test_where_things_are_matches_the_tree() -> None:
+    """Every folder and module the README's map names exists, and it names every one."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("## Where things are", 1)[1].split("```")[1]
+    package_block = block.split("services/tierline/", 1)[1].split("\nschemas/", 1)[0]
+    package = ROOT / "services" / "tierline"
+    # The path column: what a line starts with, up to the two spaces before its description.
+    columns = [re.split(r"\s{2,}", line.strip())[0] for line in package_block.splitlines()]
+    named = {token for column in columns if column for token in column.split()}
+    named = {n for n in named if n.endswith(("/", ".py", ".sql"))}
+    present = {
+        p.name + "/" if p.is_dir() else p.name
+        for p in package.iterdir()
+        if p.name not in {"__init__.py", "__pycache__", "py.typed"}
+    }
+    top = {"services/", "schemas/", "deploy/", "docker-compose.yml", "tests/", "bench/", "docs/"}
+    for name in named - {"*/", "*/queries.sql", "role.py", "queries.sql"}:
+        assert name in present, f"the README names {name}, which services/tierline lacks"
+    unnamed = present - named - {"cli.py", "config.py", "logs.py", "schemagen.py", "sqlfile.py"}
+    assert not unnamed, f"services/tierline has {sorted(unnamed)} the README does not name"
+    for name in top:
+        assert name in block and (ROOT / name.rstrip("/")).exists(), name
+    for folder in ("relay", "projector", "sla", "webhooks", "api"):
+        assert (package / folder / "role.py").exists(), folder
