@@ -103,7 +103,7 @@ def test_a_lifecycle_fills_every_projection() -> None:
     assert [t[3] for t in changes.timeline] == [
         "opened", "acknowledged", "escalated", "resolved", "reopened",
     ]  # fmt: skip
-    assert changes.timeline[2][9] == "Escalated from tier 1 to tier 2 (manual): slow"
+    assert changes.timeline[2].summary == "Escalated from tier 1 to tier 2 (manual): slow"
     assert "clocks" not in json.loads(changes.timeline[0][10])
 
     (escalation,) = changes.escalations

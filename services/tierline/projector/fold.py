@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 ISSUE_TYPE_PREFIX = "io.tierline.issue."
 LIVE_CLOCK_STATES = ("running", "paused")
@@ -153,8 +153,38 @@ class DailyCounts:
 
 DAILY_FIELDS = tuple(DailyCounts.__dataclass_fields__)
 
-TimelineRow = tuple[str, int, str, str, datetime, str, str, int, str, str, str]
-EscalationRow = tuple[str, int, str, str, int, int, bool, str, str, datetime, datetime, float]
+
+class TimelineRow(NamedTuple):
+    """One row of read.issue_timeline, in its column order (it is copied in as a record)."""
+
+    issue_id: str
+    version: int
+    event_id: str
+    event_type: str
+    occurred_at: datetime
+    vendor_id: str
+    status: str
+    tier: int
+    priority: str
+    summary: str
+    data: str
+
+
+class EscalationRow(NamedTuple):
+    """One row of read.escalations, in its column order (it is copied in as a record)."""
+
+    issue_id: str
+    version: int
+    vendor_id: str
+    direction: str
+    from_tier: int
+    to_tier: int
+    automatic: bool
+    reason: str
+    priority: str
+    escalated_at: datetime
+    from_tier_entered_at: datetime
+    seconds_in_from_tier: float
 
 
 @dataclass
@@ -290,19 +320,19 @@ def _tier_changed(changes: BatchChanges, row: IssueRow, data: dict[str, Any], at
     up = data["to_tier"] > data["from_tier"]
     automatic = bool(data.get("automatic", False))
     changes.escalations.append(
-        (
-            row.issue_id,
-            row.version,
-            row.vendor_id,
-            "up" if up else "down",
-            int(data["from_tier"]),
-            int(data["to_tier"]),
-            automatic,
-            data.get("reason", ""),
-            row.priority,
-            at,
-            row.tier_entered_at,
-            _seconds(at, row.tier_entered_at),
+        EscalationRow(
+            issue_id=row.issue_id,
+            version=row.version,
+            vendor_id=row.vendor_id,
+            direction="up" if up else "down",
+            from_tier=int(data["from_tier"]),
+            to_tier=int(data["to_tier"]),
+            automatic=automatic,
+            reason=data.get("reason", ""),
+            priority=row.priority,
+            escalated_at=at,
+            from_tier_entered_at=row.tier_entered_at,
+            seconds_in_from_tier=_seconds(at, row.tier_entered_at),
         )
     )
     day = changes.day(row.vendor_id, at)
@@ -487,18 +517,18 @@ def _is_current(clock: Clock, tier: int | None, since: datetime | None) -> bool:
 
 def _timeline_row(event: EventLike, name: str, row: IssueRow) -> TimelineRow:
     data = {k: v for k, v in event.data.items() if k != "clocks"}
-    return (
-        row.issue_id,
-        event.version,
-        event.event_id,
-        name,
-        event.time,
-        row.vendor_id,
-        row.status,
-        row.tier,
-        row.priority,
-        summarize_event(name, event.data)[:SUMMARY_LIMIT],
-        encode_json(data),
+    return TimelineRow(
+        issue_id=row.issue_id,
+        version=event.version,
+        event_id=event.event_id,
+        event_type=name,
+        occurred_at=event.time,
+        vendor_id=row.vendor_id,
+        status=row.status,
+        tier=row.tier,
+        priority=row.priority,
+        summary=summarize_event(name, event.data)[:SUMMARY_LIMIT],
+        data=encode_json(data),
     )
 
 

@@ -21,7 +21,9 @@ from tierline.projector.fold import (
     ClockChange,
     ClockRow,
     DailyCounts,
+    EscalationRow,
     IssueRow,
+    TimelineRow,
     clock_record,
     clock_row,
     encode_json,
@@ -103,14 +105,9 @@ CLOCK_COLUMNS: tuple[tuple[str, str], ...] = (
 CLOCK_WARNED = [name for name, _ in CLOCK_COLUMNS].index("warned")
 DAILY_TYPES = {name: "numeric" if name.endswith("_total") else "int" for name in DAILY_FIELDS}
 
-TIMELINE_COLUMNS = (
-    "issue_id", "version", "event_id", "event_type", "occurred_at", "vendor_id",
-    "status", "tier", "priority", "summary", "data",
-)  # fmt: skip
-ESCALATION_COLUMNS = (
-    "issue_id", "version", "vendor_id", "direction", "from_tier", "to_tier", "automatic",
-    "reason", "priority", "escalated_at", "from_tier_entered_at", "seconds_in_from_tier",
-)  # fmt: skip
+# Copied in as records: the row types' fields are the tables' columns, in order.
+TIMELINE_COLUMNS = TimelineRow._fields
+ESCALATION_COLUMNS = EscalationRow._fields
 
 
 def _unnest(columns: Sequence[tuple[str, str]]) -> str:
