@@ -21,15 +21,10 @@ KEY = "tl_dev_command_test_key"
 
 
 def call(url: str, method: str = "GET", body: dict[str, Any] | None = None) -> Any:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(
-        url,
-        data=data,
-        method=method,
-        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
-    )
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return json.loads(resp.read())
+    """A call with the bootstrap key that must succeed; its JSON body."""
+    status, answer = _call_with(KEY, url, method, body)
+    assert 200 <= status < 300, (status, answer)
+    return answer
 
 
 def descendants(pid: int) -> set[int]:
