@@ -42,6 +42,7 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
             topic=settings.kafka_topic,
             handler=clock_table,
             batch_size=settings.consumer_batch_size,
+            fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         )
         scanner = SlaScanner(
             pool=pool,
