@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     consumer_batch_size: int = 2000
     # Longest a consumer's fetch waits on the broker (see eventlog/kafka.py for why it matters).
     consumer_fetch_max_wait_ms: int = Field(default=DEFAULT_FETCH_MAX_WAIT_MS, ge=0)
+    # "off": a consumer's batch transaction does not wait for the WAL flush. Safe because its
+    # effects and offsets commit together (docs/adr/0002); never used for the write side.
+    consumer_synchronous_commit: Literal["off", "on"] = "off"
     # Worker processes for `tierline replay` (None: up to 2, one per core).
     replay_workers: int | None = None
     webhooks_allow_private_targets: bool = False

@@ -85,10 +85,19 @@ async def apply_batch(
     identity: str,
     records: Sequence[Record],
     handler: BatchHandler,
+    *,
+    synchronous_commit: bool = True,
 ) -> int:
-    """Apply one batch and its offsets in one transaction; returns how many events were new."""
+    """Apply one batch and its offsets in one transaction; returns how many events were new.
+
+    `synchronous_commit=False` commits without waiting for the WAL flush (`SET LOCAL`, this
+    transaction only). Safe because effects and offsets commit together: a PostgreSQL crash
+    loses both, and the records are read from the log again (docs/adr/0002).
+    """
     streams = sorted({r.event.stream_id for r in records})
     async with conn.transaction():
+        if not synchronous_commit:
+            await conn.execute("SET LOCAL synchronous_commit = off")
         await conn.execute(QUERIES["claim_streams"], consumer, streams)
         locked = await conn.fetch(QUERIES["lock_streams"], consumer, streams)
         applied: dict[str, int] = {row["stream_id"]: row["version"] for row in locked}
@@ -161,6 +170,7 @@ class LogConsumer:
         group_id: str | None = None,
         poll_timeout_ms: int = 200,
         fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS,
+        synchronous_commit: bool = True,
     ) -> None:
         self.name = name
         self._pool = pool
@@ -176,6 +186,8 @@ class LogConsumer:
         self._group_id = group_id or default_group
         self._poll_timeout_ms = poll_timeout_ms
         self._fetch_max_wait_ms = fetch_max_wait_ms
+        # False: batches commit without waiting for the WAL flush (see apply_batch).
+        self._synchronous_commit = synchronous_commit
         self._identity = ""
         self._consumer: AIOKafkaConsumer | None = None
         self.assigned: set[int] = set()
@@ -290,6 +302,7 @@ class LogConsumer:
                 self._identity,
                 records,
                 self._handler,
+                synchronous_commit=self._synchronous_commit,
             )
         BATCH_SIZE.labels(self.name).observe(len(records))
         for record in records[-1:]:

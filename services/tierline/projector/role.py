@@ -113,6 +113,7 @@ async def run_projector(settings: Settings, stop: asyncio.Event) -> None:
         gate=gate,
         batch_size=settings.consumer_batch_size,
         fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+        synchronous_commit=settings.consumer_synchronous_commit == "on",
     )
     log.info("projector_started", topic=settings.kafka_topic)
     try:

@@ -43,6 +43,7 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
             handler=clock_table,
             batch_size=settings.consumer_batch_size,
             fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+            synchronous_commit=settings.consumer_synchronous_commit == "on",
         )
         scanner = SlaScanner(
             pool=pool,

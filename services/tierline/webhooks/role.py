@@ -49,6 +49,7 @@ async def run_webhooks(settings: Settings, stop: asyncio.Event) -> None:
             batch_size=settings.consumer_batch_size,
             group_id=f"tierline.webhooks.{settings.kafka_topic}",
             fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
+            synchronous_commit=settings.consumer_synchronous_commit == "on",
         )
         sender = Sender(pool, settings.database_url, sender_config(settings))
         log.info("webhooks_role_started", topic=settings.kafka_topic)
