@@ -7,6 +7,10 @@
    snapshot, one transaction per command) side by side with the `eventsourcing` library's
    PostgreSQL recorder `insert_events`, same event size, same writer count, same PostgreSQL.
 
+With `--api-workers N`, (1) runs instead against `tierline api --workers N` and `tierline relay`
+as separate processes on their own PostgreSQL (durable defaults, as `tierline dev`) and Tansu,
+and (2) is skipped; the CPU each process group used during each load is recorded.
+
 Run: `python bench/write_path.py` (or `make bench-write`); `--help` for sizes.
 """
 
@@ -15,10 +19,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -27,7 +36,16 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import dev_stack, save, summary
+from bench.sla import cpu_seconds, new_database, role_env, role_process
+from tierline.devstack.postgres import PostgresServer
+from tierline.devstack.process import ManagedProcess, free_port, wait_for_tcp
+from tierline.devstack.tansu import TansuBroker
+from tierline.eventlog.kafka import ensure_topic
+from tierline.secretbox import generate_key
+from tierline.store.api_keys import create_api_key
 from tierline.store.event_store import NewEvent, append_events, lock_head
+from tierline.store.migrate import migrate_url
+from tierline.store.pool import create_pool
 
 console = Console()
 PAYLOAD = json.dumps({"body": "x" * 220, "author": "bench"})  # ~250 B like a comment event
@@ -159,7 +177,89 @@ async def prepare_append_db(database_url: str) -> str:
     return url
 
 
+@asynccontextmanager
+async def split_stack(workers: int) -> AsyncIterator[dict[str, Any]]:
+    """`tierline api --workers N` and `tierline relay` as processes on a fresh PostgreSQL/Tansu."""
+    with tempfile.TemporaryDirectory(prefix="tierline-bench-write-") as tmp:
+        postgres = PostgresServer(Path(tmp) / "pg", forward_logs=False)
+        broker = TansuBroker(cluster_id=f"bench-{uuid.uuid4().hex[:8]}", forward_logs=False)
+        await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(broker.start))
+        procs: list[ManagedProcess] = []
+        try:
+            database_url = await new_database(postgres.dsn)
+            await migrate_url(database_url)
+            topic = f"bench-write-{uuid.uuid4().hex[:8]}"
+            await ensure_topic(broker.bootstrap, topic, 12)
+            port = free_port()
+            env = {
+                **role_env(database_url, broker.bootstrap, topic),
+                "TIERLINE_API_PORT": str(port),
+                "TIERLINE_SECRET_KEY": generate_key(),
+                # The load client drives one key far past a per-key limit on purpose.
+                "TIERLINE_RATE_LIMIT_RPS": "0",
+            }
+            api_argv = [sys.executable, "-m", "tierline.cli", "api", "--workers", str(workers)]
+            api = ManagedProcess("api", api_argv, env=env, forward=False)
+            procs = [api, role_process("relay", "relay", env)]
+            for proc in procs:
+                proc.start()
+            await asyncio.to_thread(wait_for_tcp, "127.0.0.1", port, 60, api)
+            await asyncio.sleep(1.0)  # every worker listening, not only the first
+            pool = await create_pool(database_url, min_size=1, max_size=1)
+            try:
+                _, key = await create_api_key(pool, name="bench", role="admin")
+            finally:
+                await pool.close()
+            assert api.pid and procs[1].pid and postgres.pid and broker.pid
+            groups = {
+                "api": [api.pid],
+                "relay": [procs[1].pid],
+                "postgres": [postgres.pid],
+                "tansu": [broker.pid],
+            }
+            yield {
+                "api_url": f"http://127.0.0.1:{port}",
+                "admin_key": key,
+                "database_url": database_url,
+                "cpu": lambda: cpu_seconds(groups, {"api": api.pid, "postgres": postgres.pid}),
+            }
+        finally:
+            for proc in procs:
+                await asyncio.to_thread(proc.stop)
+            await asyncio.to_thread(broker.stop)
+            await asyncio.to_thread(postgres.stop)
+
+
+async def split_main(args: argparse.Namespace) -> None:
+    """HTTP load only, against `tierline api --workers N` + `tierline relay` processes."""
+    target = f"tierline api --workers {args.api_workers} + tierline relay"
+    results: dict[str, Any] = {"target": target, "http": [], "append": []}
+    async with split_stack(args.api_workers) as stack:
+        api, key = stack["api_url"], stack["admin_key"]
+        async with aiohttp.ClientSession(api, headers={"Authorization": f"Bearer {key}"}) as http:
+            await http.post("/v1/vendors", json={"id": "bench", "name": "Bench"})
+        for clients in args.clients:
+            for hot in (None, args.hot):
+                await http_load(api, key, clients, 1.0, hot)  # warm-up
+                before, bench_before, started = stack["cpu"](), time.process_time(), time.time()
+                row = await http_load(api, key, clients, args.seconds, hot)
+                elapsed = time.time() - started
+                used = {k: v - before[k] for k, v in stack["cpu"]().items()}
+                used["load generator"] = time.process_time() - bench_before
+                row["cpu_cores"] = {k: round(v / elapsed, 2) for k, v in used.items()}
+                row["scenario"] = "distinct" if hot is None else f"hot({hot})"
+                results["http"].append(row)
+                console.print(row)
+    render(results)
+    results["percentile_method"] = "nearest rank"
+    name = args.out or f"write_path_api_workers_{args.api_workers}"
+    console.print(f"saved {save(name, results)}")
+
+
 async def main(args: argparse.Namespace) -> None:
+    if args.api_workers is not None:
+        await split_main(args)
+        return
     results: dict[str, Any] = {"http": [], "append": []}
     with dev_stack() as dev:
         api, key = dev["api_url"], dev["admin_key"]
@@ -200,7 +300,8 @@ async def main(args: argparse.Namespace) -> None:
 
 
 def render(results: dict[str, Any]) -> None:
-    table = Table(title="HTTP commands (comments) through tierline dev")
+    target = results.get("target", "tierline dev")
+    table = Table(title=f"HTTP commands (comments) through {target}")
     for col in ("scenario", "clients", "commands/s", "p50 ms", "p99 ms", "errors"):
         table.add_column(col)
     for r in results["http"]:
@@ -238,6 +339,14 @@ def parse() -> argparse.Namespace:
     )
     parser.add_argument("--events", type=int, default=8000, help="events per append run")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=None,
+        help="drive `tierline api --workers N` + `tierline relay` processes instead of "
+        "`tierline dev` (HTTP load only)",
+    )
+    parser.add_argument("--out", default=None, help="result file name under bench/results/")
     return parser.parse_args()
 
 

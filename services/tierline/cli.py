@@ -44,7 +44,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--data-dir", type=Path, default=None, help="data directory (.tierline)")
     for name, text in ROLE_HELP.items():
-        sub.add_parser(name, help=text)
+        role = sub.add_parser(name, help=text)
+        if name == "api":
+            role.add_argument(
+                "--workers",
+                type=_positive,
+                default=None,
+                help="API processes sharing the port with SO_REUSEPORT (default: "
+                "TIERLINE_API_WORKERS or 1); rate limits and the key cache are per process",
+            )
     sub.add_parser("migrate", help="apply pending database migrations")
     replay = sub.add_parser("replay", help="rebuild read models from the Kafka log")
     replay.add_argument("--projection", default=None, help="only this projection")
@@ -60,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _install_stop(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -73,6 +88,21 @@ async def _run_role(settings: Settings, name: str) -> int:
     _install_stop(stop)
     await run_roles(settings, [name], stop)
     return 0
+
+
+async def _run_api_workers(settings: Settings, workers: int) -> int:
+    """`tierline api --workers N`: check and migrate once here, then supervise N API processes."""
+    from tierline.api.role import supervise_api_workers
+    from tierline.roles import install_secret_box, seal_plaintext_secrets
+    from tierline.store.migrate import migrate_url
+
+    box = install_secret_box(settings, ["api"])
+    await migrate_url(settings.database_url)
+    if box is not None:
+        await seal_plaintext_secrets(settings.database_url, box)
+    stop = asyncio.Event()
+    _install_stop(stop)
+    return await supervise_api_workers(settings, workers, stop)
 
 
 async def _migrate(settings: Settings) -> int:
@@ -157,6 +187,10 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.port is not None:
             settings = settings.model_copy(update={"api_port": args.port})
         return await run_dev(settings, demo=args.demo)
+    if args.command == "api":
+        workers = args.workers if args.workers is not None else settings.api_workers
+        if workers > 1:
+            return await _run_api_workers(settings, workers)
     if args.command in ROLE_HELP:
         return await _run_role(settings, args.command)
     if args.command == "migrate":

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     api_max_body_bytes: int = 256 * 1024
+    # `tierline api` processes sharing api_port (SO_REUSEPORT); `--workers` overrides it.
+    api_workers: int = Field(default=1, ge=1)
     # Per API key, per API process (docs/adr/0008): 0 turns limiting off. A busy integration
     # stays far below 50/s; a runaway loop reaches it within seconds.
     rate_limit_rps: float = Field(default=50.0, ge=0)
@@ -50,8 +52,9 @@ class Settings(BaseSettings):
     # Longest a consumer's fetch waits on the broker (see eventlog/kafka.py for why it matters).
     consumer_fetch_max_wait_ms: int = Field(default=DEFAULT_FETCH_MAX_WAIT_MS, ge=0)
     # "off": a consumer's batch transaction does not wait for the WAL flush. Safe because its
-    # effects and offsets commit together (docs/adr/0002); never used for the write side.
-    consumer_synchronous_commit: Literal["off", "on"] = "off"
+    # effects and offsets commit together (docs/adr/0002); never used for the write side. Off
+    # by default only where it was measured to help, which it was not here (bench/README.md).
+    consumer_synchronous_commit: Literal["off", "on"] = "on"
     # Worker processes for `tierline replay` (None: up to 2, one per core).
     replay_workers: int | None = None
     webhooks_allow_private_targets: bool = False
