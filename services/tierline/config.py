@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = 256 * 1024
     # `tierline api` processes sharing api_port (SO_REUSEPORT); `--workers` overrides it.
     api_workers: int = Field(default=1, ge=1)
+    # Set by `tierline api --workers N` for its workers: share the port (SO_REUSEPORT).
+    api_reuse_port: bool = False
     # Per API key, per API process (docs/adr/0008): 0 turns limiting off. A busy integration
     # stays far below 50/s; a runaway loop reaches it within seconds.
     rate_limit_rps: float = Field(default=50.0, ge=0)

@@ -28,13 +28,18 @@ _WORKER_POLL_SECONDS = 0.2
 async def run_api(settings: Settings, stop: asyncio.Event) -> None:
     """Serve the HTTP API until stopped.
 
-    The socket has SO_REUSEPORT so that `tierline api --workers N` can run N of these on one
-    port, the kernel spreading new connections over them.
+    The workers of `tierline api --workers N` open the port with SO_REUSEPORT, so the kernel
+    spreads new connections over them; a lone API does not, so a second one started by mistake
+    on the same port fails with "address in use" instead of silently sharing it.
     """
     runner = ApiRunner(create_app(settings), access_log=None, handle_signals=False, **HANDLER_ARGS)
     await runner.setup()
     site = web.TCPSite(
-        runner, settings.api_host, settings.api_port, reuse_address=True, reuse_port=True
+        runner,
+        settings.api_host,
+        settings.api_port,
+        reuse_address=True,
+        reuse_port=settings.api_reuse_port,
     )
     await site.start()
     log.info("api_listening", host=settings.api_host, port=settings.api_port, pid=os.getpid())
@@ -46,7 +51,7 @@ async def run_api(settings: Settings, stop: asyncio.Event) -> None:
 
 def _start_worker(number: int) -> subprocess.Popen[bytes]:
     """`tierline api --workers 1` sharing our stdout/stderr; the kernel kills it if we die."""
-    env = {**os.environ, "TIERLINE_API_WORKERS": "1"}
+    env = {**os.environ, "TIERLINE_API_WORKERS": "1", "TIERLINE_API_REUSE_PORT": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "tierline.cli", "api", "--workers", "1"],
         stdin=subprocess.DEVNULL,
