@@ -67,6 +67,18 @@ def _answering_worker(port: int, workers: set[int]) -> int | None:
         conn.close()
 
 
+def api_env(database_url: str, port: int, **extra: str) -> dict[str, str]:
+    """The environment of a `tierline api` subprocess on the test database."""
+    return {
+        **os.environ,
+        "TIERLINE_DATABASE_URL": database_url,
+        "TIERLINE_API_PORT": str(port),
+        "TIERLINE_SECRET_KEY": TEST_SECRET_KEY,
+        "PYTHONPATH": os.pathsep.join(sys.path),
+        **extra,
+    }
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     "how", ["sigterm to the parent", "ctrl-c to the process group", "sigkill to the parent"]
@@ -75,14 +87,7 @@ def test_two_workers_share_the_port_and_stop_cleanly(
     database_url: str, tmp_path: Path, how: str
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "TIERLINE_DATABASE_URL": database_url,
-        "TIERLINE_API_PORT": str(port),
-        "TIERLINE_SECRET_KEY": TEST_SECRET_KEY,
-        "TIERLINE_LOG_LEVEL": "INFO",
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
+    env = api_env(database_url, port, TIERLINE_LOG_LEVEL="INFO")
     log = tmp_path / "api.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -132,14 +137,7 @@ def test_a_worker_that_exits_is_reported_and_stops_the_rest(
     database_url: str, tmp_path: Path
 ) -> None:
     port = free_port()
-    env = {
-        **os.environ,
-        "TIERLINE_DATABASE_URL": database_url,
-        "TIERLINE_API_PORT": str(port),
-        "TIERLINE_SECRET_KEY": TEST_SECRET_KEY,
-        "TIERLINE_API_WORKERS": "2",
-        "PYTHONPATH": os.pathsep.join(sys.path),
-    }
+    env = api_env(database_url, port, TIERLINE_API_WORKERS="2")
     log = tmp_path / "api.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen(

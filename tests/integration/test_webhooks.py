@@ -18,6 +18,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from tests.fixtures import infra
 from tests.fixtures.api import add_vendor, call
+from tests.fixtures.loopback import serving_posts
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
@@ -112,18 +113,11 @@ async def eventually(condition: Callable[[], bool], what: str) -> None:
 async def receiver_running() -> AsyncIterator[Receiver]:
     """A receiver listening on a free loopback port."""
     receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/{name}", receiver._handle)
-    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    receiver.port = runner.addresses[0][1]
-    try:
-        yield receiver
-    finally:
-        receiver.released.set()
-        await runner.cleanup()
+    async with serving_posts(receiver._handle) as receiver.port:
+        try:
+            yield receiver
+        finally:
+            receiver.released.set()
 
 
 @contextlib.asynccontextmanager

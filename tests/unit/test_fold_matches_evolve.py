@@ -19,6 +19,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures.strategies import LIFECYCLE_COMMANDS
 from tests.unit.test_issue_state_machine import RULES, T0
 from tierline.domain import commands as c
 from tierline.domain import events as e
@@ -71,17 +72,7 @@ rules_strategy = st.one_of(
 # Commands about a clock name it by position in the issue's clock list at the time.
 ClockCommand = tuple[str, int, float]
 command_strategy = st.one_of(
-    st.builds(c.Acknowledge),
-    st.builds(c.Escalate, reason=st.just("r"), to_tier=st.none() | st.integers(1, 4)),
-    st.builds(c.Deescalate, reason=st.just("r"), to_tier=st.none() | st.integers(0, 3)),
-    st.builds(c.Hold, reason=st.just("r")),
-    st.builds(c.Resume),
-    st.builds(c.Resolve, resolution=st.just("r")),
-    st.builds(c.Reopen, reason=st.just("r")),
-    st.builds(c.Close),
-    st.builds(c.Assign, assignee=st.sampled_from(["ana", "bo"])),
-    st.builds(c.ChangePriority, priority=st.sampled_from(PRIORITIES)),
-    st.builds(c.AddComment, body=st.just("b")),
+    *LIFECYCLE_COMMANDS,
     st.builds(c.RecomputeSla),
     *[st.tuples(st.just("breach"), st.integers(0, 12), st.just(0.0))] * 3,
     *[st.tuples(st.just("warn"), st.integers(0, 12), st.sampled_from([0.5, 0.75, 0.9]))] * 2,

@@ -7,23 +7,14 @@ from datetime import timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.fixtures.strategies import LIFECYCLE_COMMANDS
 from tests.unit.test_issue_state_machine import RULES, T0
 from tierline.domain import commands as c
 from tierline.domain.events import Event, event_from_json
 from tierline.domain.issue import InvalidTransition, Issue, decide, evolve
 
 command_strategy = st.one_of(
-    st.builds(c.Acknowledge),
-    st.builds(c.Escalate, reason=st.just("r"), to_tier=st.none() | st.integers(1, 4)),
-    st.builds(c.Deescalate, reason=st.just("r"), to_tier=st.none() | st.integers(0, 3)),
-    st.builds(c.Hold, reason=st.just("r")),
-    st.builds(c.Resume),
-    st.builds(c.Resolve, resolution=st.just("r")),
-    st.builds(c.Reopen, reason=st.just("r")),
-    st.builds(c.Close),
-    st.builds(c.Assign, assignee=st.sampled_from(["ana", "bo"])),
-    st.builds(c.ChangePriority, priority=st.sampled_from(["P1", "P2", "P3", "P4"])),
-    st.builds(c.AddComment, body=st.just("b")),
+    *LIFECYCLE_COMMANDS,
     st.builds(c.RecordSlaBreach, clock_id=st.sampled_from(["respond-1", "resolve-2", "x"])),
 )
 
