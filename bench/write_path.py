@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import statistics
 import sys
 import tempfile
 import threading
@@ -48,7 +48,6 @@ from tierline.store.migrate import migrate_url
 from tierline.store.pool import create_pool
 
 console = Console()
-PAYLOAD = json.dumps({"body": "x" * 220, "author": "bench"})  # ~250 B like a comment event
 
 
 async def http_load(
@@ -99,15 +98,39 @@ async def http_load(
     }
 
 
-async def tierline_append(database_url: str, writers: int, per_writer: int) -> float:
-    """Events/s through `append_events`, one transaction per event, one stream per writer."""
+def realistic_payloads(count: int) -> list[tuple[str, str, str]]:
+    """(event type, event data, snapshot after) from the seeded workload `tierline replay`'s bench
+    uses: real issues with their clocks, comments, escalations and SLA events."""
+    from tierline.projector.workload import Workload
+
+    out: list[tuple[str, str, str]] = []
+    for command in Workload(seed=42).commands(count):
+        snapshot = command.issue.model_dump_json()
+        out.extend((ev.type, ev.data_json, snapshot) for ev in command.events)
+    return out[:count]
+
+
+def payload_sizes(payloads: list[tuple[str, str, str]]) -> dict[str, float]:
+    """Mean event and snapshot sizes in bytes, for the results file."""
+    return {
+        "event_bytes_mean": round(statistics.fmean(len(d) for _, d, _ in payloads)),
+        "snapshot_bytes_mean": round(statistics.fmean(len(s) for _, _, s in payloads)),
+    }
+
+
+async def tierline_append(
+    database_url: str, writers: int, per_writer: int, payloads: list[tuple[str, str, str]]
+) -> float:
+    """Events/s through `append_events`, one transaction per event, one stream per writer: lock
+    the head, insert the event, move the head and store the snapshot."""
     pool = await asyncpg.create_pool(database_url, min_size=writers, max_size=writers)
     assert pool is not None
     now = datetime.now(UTC)
 
-    async def writer() -> None:
+    async def writer(offset: int) -> None:
         stream = str(uuid.uuid4())
         for version in range(per_writer):
+            kind, data, snapshot = payloads[(offset + version) % len(payloads)]
             async with pool.acquire() as conn, conn.transaction():
                 await lock_head(conn, stream)
                 await append_events(
@@ -116,22 +139,39 @@ async def tierline_append(database_url: str, writers: int, per_writer: int) -> f
                     stream_type="bench",
                     vendor_id=None,
                     expected_version=version,
-                    events=[NewEvent("bench.v1", PAYLOAD)],
-                    snapshot_json=f'{{"v": {version}}}',
+                    events=[NewEvent(kind, data)],
+                    snapshot_json=snapshot,
                     time=now,
                 )
 
     started = time.perf_counter()
-    await asyncio.gather(*(writer() for _ in range(writers)))
+    await asyncio.gather(*(writer(n * 97) for n in range(writers)))
     elapsed = time.perf_counter() - started
     await pool.close()
     return writers * per_writer / elapsed
 
 
-def eventsourcing_append(dsn: dict[str, Any], writers: int, per_writer: int) -> float:
-    """Events/s through eventsourcing's PostgresApplicationRecorder.insert_events."""
+def eventsourcing_append(
+    dsn: dict[str, Any],
+    writers: int,
+    per_writer: int,
+    payloads: list[tuple[str, str, str]],
+    recorder_kind: str,
+) -> float:
+    """Events/s through one of eventsourcing's PostgreSQL recorders, `insert_events` per event.
+
+    `aggregate`: `PostgresAggregateRecorder`, events per aggregate with no global order — the
+    like-for-like peer of Tierline's append (which has no global order either; the relay reads
+    by commit). `application`: `PostgresApplicationRecorder`, which also numbers every event in
+    one gap-free global sequence and takes a table lock per insert to do so.
+    Neither writes a snapshot; Tierline's append stores one per event in the same transaction.
+    """
     from eventsourcing.persistence import StoredEvent
-    from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+    from eventsourcing.postgres import (
+        PostgresAggregateRecorder,
+        PostgresApplicationRecorder,
+        PostgresDatastore,
+    )
 
     datastore = PostgresDatastore(
         dsn["database"],
@@ -142,17 +182,19 @@ def eventsourcing_append(dsn: dict[str, Any], writers: int, per_writer: int) -> 
         pool_size=writers,
         max_overflow=0,
     )
-    table = f"es_{uuid.uuid4().hex[:8]}"
-    recorder = PostgresApplicationRecorder(datastore, events_table_name=table)
+    table = f"es_{recorder_kind}_{uuid.uuid4().hex[:8]}"
+    cls = PostgresAggregateRecorder if recorder_kind == "aggregate" else PostgresApplicationRecorder
+    recorder = cls(datastore, events_table_name=table)
     recorder.create_table()
-    state = PAYLOAD.encode()
+    encoded = [(kind, data.encode()) for kind, data, _ in payloads]
 
-    def writer() -> None:
+    def writer(offset: int) -> None:
         originator = uuid.uuid4()
         for version in range(1, per_writer + 1):
-            recorder.insert_events([StoredEvent(originator, version, "bench:Event", state)])
+            kind, state = encoded[(offset + version - 1) % len(encoded)]
+            recorder.insert_events([StoredEvent(originator, version, kind, state)])
 
-    threads = [threading.Thread(target=writer) for _ in range(writers)]
+    threads = [threading.Thread(target=writer, args=(n * 97,)) for n in range(writers)]
     started = time.perf_counter()
     for t in threads:
         t.start()
@@ -281,22 +323,35 @@ async def main(args: argparse.Namespace) -> None:
             "port": host_port.split(":")[1],
             "user": url.split("//", 1)[1].split("@")[0],
         }
+        payloads = realistic_payloads(2000)
+        results["append_payload"] = payload_sizes(payloads)
+        results["append_runs"] = args.runs
         for writers in args.writers:
-            ours = await tierline_append(url, writers, args.events // writers)
-            theirs = await asyncio.to_thread(
-                eventsourcing_append, dsn, writers, args.events // writers
-            )
+            per_writer = args.events // writers
+            runs: dict[str, list[float]] = {"tierline": [], "aggregate": [], "application": []}
+            for _ in range(args.runs):  # interleaved, so drift on the machine hits all three
+                runs["tierline"].append(await tierline_append(url, writers, per_writer, payloads))
+                for kind in ("aggregate", "application"):
+                    runs[kind].append(
+                        await asyncio.to_thread(
+                            eventsourcing_append, dsn, writers, per_writer, payloads, kind
+                        )
+                    )
+            med = {k: statistics.median(v) for k, v in runs.items()}
             row = {
                 "writers": writers,
-                "tierline_events_per_s": round(ours),
-                "eventsourcing_events_per_s": round(theirs),
-                "ratio": round(ours / theirs, 2),
+                "runs": {k: [round(x) for x in v] for k, v in runs.items()},
+                "tierline_events_per_s": round(med["tierline"]),
+                "aggregate_recorder_events_per_s": round(med["aggregate"]),
+                "application_recorder_events_per_s": round(med["application"]),
+                "ratio_vs_aggregate": round(med["tierline"] / med["aggregate"], 2),
+                "ratio_vs_application": round(med["tierline"] / med["application"], 2),
             }
             results["append"].append(row)
             console.print(row)
     render(results)
     results["percentile_method"] = "nearest rank"
-    console.print(f"saved {save('write_path', results)}")
+    console.print(f"saved {save(args.out or 'write_path', results)}")
 
 
 def render(results: dict[str, Any]) -> None:
@@ -314,15 +369,17 @@ def render(results: dict[str, Any]) -> None:
             str(r["errors"]),
         )
     console.print(table)
-    table = Table(title="In-process append, one transaction per event")
-    for col in ("writers", "tierline ev/s", "eventsourcing ev/s", "ratio"):
+    table = Table(title="In-process append, one transaction per event (median of runs)")
+    for col in ("writers", "tierline", "aggregate rec.", "ratio", "application rec.", "ratio"):
         table.add_column(col)
     for r in results["append"]:
         table.add_row(
             str(r["writers"]),
             str(r["tierline_events_per_s"]),
-            str(r["eventsourcing_events_per_s"]),
-            str(r["ratio"]),
+            str(r["aggregate_recorder_events_per_s"]),
+            str(r["ratio_vs_aggregate"]),
+            str(r["application_recorder_events_per_s"]),
+            str(r["ratio_vs_application"]),
         )
     console.print(table)
 
@@ -330,7 +387,7 @@ def render(results: dict[str, Any]) -> None:
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
-        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[16, 64]
+        "--clients", type=lambda s: [int(x) for x in s.split(",")], default=[8, 32, 128]
     )
     parser.add_argument("--hot", type=int, default=4, help="issues shared in the hot scenario")
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -338,6 +395,7 @@ def parse() -> argparse.Namespace:
         "--writers", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8, 32]
     )
     parser.add_argument("--events", type=int, default=8000, help="events per append run")
+    parser.add_argument("--runs", type=int, default=3, help="append runs per writer count")
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument(
         "--api-workers",

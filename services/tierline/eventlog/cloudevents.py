@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from tierline.store.event_store import StoredEvent
 
 SPEC_VERSION = "1.0"
@@ -71,11 +73,11 @@ def from_kafka_record(value: bytes, headers: list[tuple[str, bytes]]) -> LogEven
             version=int(attrs["ce_sequence"]),
             type=attrs["ce_type"],
             time=datetime.fromisoformat(attrs["ce_time"].replace("Z", "+00:00")),
-            data=json.loads(value),
+            data=orjson.loads(value),
             traceparent=attrs.get("traceparent"),
             vendor_id=attrs.get(VENDOR_HEADER),
         )
-    except (KeyError, json.JSONDecodeError) as exc:
+    except (KeyError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"not a Tierline CloudEvent: {exc}") from exc
 
 

@@ -8,19 +8,24 @@ through the domain models: the write side validated it, and the projector must k
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, NamedTuple, Protocol
 
+import orjson
+
 ISSUE_TYPE_PREFIX = "io.tierline.issue."
 LIVE_CLOCK_STATES = ("running", "paused")
 OUTCOMES = {"met": "met", "breached": "breached", "stopped": "stopped"}
 SUMMARY_LIMIT = 200
-# One encoder for every row: json.dumps with options would build a new one per call.
-encode_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def encode_json(value: Any) -> str:
+    """Compact UTF-8 JSON text of decoded JSON (orjson: ~5x the standard library's encoder)."""
+    return orjson.dumps(value).decode()
+
 
 Clock = dict[str, Any]
 
