@@ -107,7 +107,18 @@ def _git_commit() -> str | None:
         )
     except OSError:
         return None
-    return out.stdout.strip() or None
+    commit = out.stdout.strip()
+    if not commit:
+        return None
+    dirty = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        check=False,
+    ).stdout.strip()
+    # Uncommitted changes to tracked files: the figures are not those of the commit alone.
+    return f"{commit}-dirty" if dirty else commit
 
 
 def _postgres_version() -> str | None:
