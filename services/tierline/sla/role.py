@@ -26,7 +26,13 @@ RESERVED_CONNECTIONS = 2
 async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
     """Keep clock rows from the log and record warnings, breaches and escalations when due."""
     # Subscribing first would let some brokers auto-create the topic with their defaults.
-    await ensure_topic(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions)
+    await ensure_topic(
+        settings.kafka_bootstrap,
+        settings.kafka_topic,
+        settings.kafka_partitions,
+        replication=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
+    )
     pool = await create_pool(
         settings.database_url,
         min_size=min(settings.db_pool_min, settings.db_pool_max),

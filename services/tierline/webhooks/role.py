@@ -31,7 +31,11 @@ async def run_webhooks(settings: Settings, stop: asyncio.Event) -> None:
     """Queue deliveries from the log and send them until stopped."""
     try:
         await ensure_topic(
-            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            settings.kafka_partitions,
+            replication=settings.kafka_replication_factor,
+            min_insync_replicas=settings.kafka_min_insync_replicas,
         )
     except (KafkaError, OSError) as exc:
         # The consumer keeps trying to reach the broker; nothing else needs the topic now.
