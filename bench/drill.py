@@ -79,10 +79,10 @@ PROFILES = {
     # In `make test`: one run, a few faults, tens of seconds of load.
     "short": Profile(
         rate=15,
-        warmup=4,
-        gap=2,
-        tail=3,
-        broker_down=4,
+        warmup=3,
+        gap=1,
+        tail=2,
+        broker_down=3,
         freeze=0,
         settle_timeout=90,
         runs=[["broker-kill", "role-kills", "pg-restart"]],

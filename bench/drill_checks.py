@@ -17,7 +17,13 @@ from typing import Any
 
 import asyncpg
 
-from bench.drill_cluster import TIERLINE, Service, Shape
+from bench.drill_cluster import (
+    MIN_INSYNC_REPLICAS,
+    REPLICATION_FACTOR,
+    TIERLINE,
+    Service,
+    Shape,
+)
 from bench.drill_load import SUBSCRIPTIONS, Load, WebhookReceiver
 from tierline.domain.events import SlaBreached
 
@@ -268,6 +274,25 @@ async def check_webhooks(pool: asyncpg.Pool, receiver: WebhookReceiver, load: Lo
     )
 
 
+async def check_topic(shape: Shape) -> Check:
+    """The log is replicated as production runs it, and every replica is back in sync."""
+    deadline = time.monotonic() + 60
+    parts = await shape.kafka.partitions()
+    # A restarted broker's replicas rejoin the ISR once they have caught up.
+    while any(len(p["isr"]) != len(p["replicas"]) for p in parts) and time.monotonic() < deadline:
+        await asyncio.sleep(1)
+        parts = await shape.kafka.partitions()
+    min_isr = await shape.kafka.topic_config("min.insync.replicas")
+    factors = sorted({len(p["replicas"]) for p in parts})
+    behind = [p["partition"] for p in parts if len(p["isr"]) != len(p["replicas"])]
+    return Check(
+        f"topic replicated {REPLICATION_FACTOR}x with min ISR {MIN_INSYNC_REPLICAS}, all in sync",
+        factors == [REPLICATION_FACTOR] and min_isr == str(MIN_INSYNC_REPLICAS) and not behind,
+        f"{len(parts)} partitions, replication {factors}, min.insync.replicas={min_isr}, "
+        f"partitions out of sync: {behind or 'none'}",
+    )
+
+
 def check_no_manual_restart(shape: Shape) -> Check:
     """Every process runs, and none was started more often than the drill restarted it."""
     services: Sequence[Service] = [*shape.roles.values(), *shape.kafka.services.values()]
@@ -330,6 +355,7 @@ async def run_checks(
         checks.append(await check_replay(pool, shape))
         checks.append(await check_clocks(pool))
         checks.append(await check_webhooks(pool, receiver, load))
+        checks.append(await check_topic(shape))
         checks.append(check_no_manual_restart(shape))
         checks.append(check_no_5xx_but_503(load))
         checks.append(check_rss(shape))

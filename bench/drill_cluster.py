@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, ConfigResource, ConfigResourceType
 
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import ManagedProcess, free_port
@@ -216,6 +216,21 @@ class KafkaCluster:
                 }
             )
         return sorted(out, key=lambda p: p["partition"])
+
+    async def topic_config(self, name: str, topic: str = TOPIC) -> str | None:
+        """One configuration value of the topic as the brokers report it."""
+        admin = await self._admin()
+        try:
+            resource = ConfigResource(ConfigResourceType.TOPIC, topic)
+            responses = await asyncio.wait_for(admin.describe_configs([resource]), 10)
+        finally:
+            await admin.close()
+        for response in responses:
+            for *_, entries in response.resources:
+                for entry in entries:
+                    if entry[0] == name:
+                        return str(entry[1])
+        return None
 
     async def leader_of(self, partition: int = 0, topic: str = TOPIC) -> int:
         """The node that leads `partition` of `topic`."""
