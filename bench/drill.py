@@ -114,6 +114,11 @@ class FaultResult:
     recovered_s: float | None = None
     write_gap_s: float = 0.0
     error: str | None = None
+    # Seconds from the fault until a canary went end to end while the fault still lasted
+    # (None: none did, or not measured for this fault).
+    served_during_s: float | None = None
+    # Seconds a restarted broker took to register with the cluster again.
+    rejoin_s: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """For drill.json."""
@@ -123,8 +128,14 @@ class FaultResult:
             "duration_s": round(self.healed - self.started, 2),
             "recovered_s": None if self.recovered_s is None else round(self.recovered_s, 2),
             "write_gap_s": round(self.write_gap_s, 2),
+            "served_during_s": _round(self.served_during_s),
+            "rejoin_s": _round(self.rejoin_s),
             "error": self.error,
         }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 @dataclass
@@ -239,12 +250,28 @@ class Drill:
             result.error = str(exc)
         result.write_gap_s = self.load.stats.longest_gap(result.started, time.time())
         self.run.results.append(result)
+        recovered = "-" if result.recovered_s is None else f"{result.recovered_s:.1f}s"
         print(
-            f"  {result.fault:<14} {result.target:<14} fault {result.healed - result.started:5.1f}s"
-            f"  recovered {result.recovered_s if result.recovered_s is not None else '-':>5}"
-            f"  write gap {result.write_gap_s:.1f}s",
+            f"  {result.fault:<14} {result.target:<18} fault {result.healed - result.started:5.1f}s"
+            f"  recovered {recovered:>6}  write gap {result.write_gap_s:.1f}s",
             file=sys.stderr,
         )
+
+    async def _served_during(self, started: float, seconds: float) -> float | None:
+        """Seconds until a canary went end to end within `seconds` of the fault, or None."""
+        assert self.load is not None
+        canary = asyncio.create_task(
+            self.load.canary(self.receiver, self.listed, started, RECOVERY_TIMEOUT)
+        )
+        done, _ = await asyncio.wait({canary}, timeout=max(0.0, started + seconds - time.time()))
+        if not done:
+            canary.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await canary
+            return None
+        with contextlib.suppress(TimeoutError):
+            return canary.result()
+        return None
 
     async def broker_kill(self) -> None:
         """SIGKILL the broker leading partition 0, then start it again on the same data."""
@@ -253,11 +280,15 @@ class Drill:
         service = kafka.services[node]
         started = time.time()
         service.kill()
-        await asyncio.sleep(self.run.profile.broker_down)
+        during = await self._served_during(started, self.run.profile.broker_down)
+        await asyncio.sleep(max(0.0, started + self.run.profile.broker_down - time.time()))
+        restarted = time.monotonic()
         service.start()
         service.drill_restarts += 1
         await kafka.wait_brokers(kafka.nodes)
         result = FaultResult("broker-kill", f"kafka-{node} (leader)", started, time.time())
+        result.served_during_s = during
+        result.rejoin_s = time.monotonic() - restarted
         await self._recover(result)
 
     async def broker_freeze(self) -> None:
@@ -268,10 +299,12 @@ class Drill:
         started = time.time()
         service.signal(signal.SIGSTOP)
         service.frozen = True
-        await asyncio.sleep(self.run.profile.freeze)
+        during = await self._served_during(started, self.run.profile.freeze)
+        await asyncio.sleep(max(0.0, started + self.run.profile.freeze - time.time()))
         service.signal(signal.SIGCONT)
         service.frozen = False
         result = FaultResult("broker-freeze", f"kafka-{node} (leader)", started, time.time())
+        result.served_during_s = during
         await self._recover(result)
 
     async def pg_restart(self) -> None:
@@ -351,10 +384,15 @@ def table(run: Run) -> str:
         lines.append(f"  {check.name:<74} {mark:<6}  {check.detail}")
     for result in run.results:
         rec = "-" if result.recovered_s is None else f"{result.recovered_s:.1f}s"
+        extra = ""
+        if result.served_during_s is not None:
+            extra += f", served end to end {result.served_during_s:.1f}s into it"
+        if result.rejoin_s is not None:
+            extra += f", rejoined {result.rejoin_s:.1f}s after its restart"
         lines.append(
             f"  fault {result.fault:<12} {result.target:<22} lasted "
             f"{result.healed - result.started:.1f}s, recovered {rec} after, "
-            f"longest write gap {result.write_gap_s:.1f}s"
+            f"longest write gap {result.write_gap_s:.1f}s{extra}"
             + (f"  [{result.error}]" if result.error else "")
         )
     return "\n".join(lines)
