@@ -8,7 +8,6 @@ models, the delivery queue), the API over HTTP, and what the webhook receiver re
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
@@ -362,8 +361,3 @@ async def run_checks(
         return checks, waited
     finally:
         await pool.close()
-
-
-def cpu_count() -> int:
-    """Cores of this machine (for the report)."""
-    return os.cpu_count() or 1
