@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("migrate", help="apply pending database migrations")
     replay = sub.add_parser("replay", help="rebuild read models from the Kafka log")
     replay.add_argument("--projection", default=None, help="only this projection")
+    replay.add_argument(
+        "--scratch",
+        action="store_true",
+        help="rebuild into schema read_replay and leave it there beside the live tables, "
+        "swapping nothing (to compare a from-scratch rebuild with the live read models)",
+    )
     keys = sub.add_parser("keys", help="manage API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = keys_sub.add_parser("create", help="create a key and print it once")
@@ -174,7 +180,7 @@ async def _create_key(settings: Settings, args: argparse.Namespace) -> int:
 async def _replay(settings: Settings, args: argparse.Namespace) -> int:
     from tierline.projector.replay import replay_command
 
-    return await replay_command(settings, args.projection)
+    return await replay_command(settings, args.projection, scratch=args.scratch)
 
 
 async def _dispatch(args: argparse.Namespace) -> int:

@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     kafka_topic: str = ISSUE_EVENTS_TOPIC
     kafka_partitions: int = 12
+    # Copies of each partition, and how many must hold an acks=all write, when the topic is
+    # created (an existing topic keeps its own). Production: 3 and 2 (docs/operations.md).
+    kafka_replication_factor: int = Field(default=1, ge=1)
+    kafka_min_insync_replicas: int | None = Field(default=None, ge=1)
     # "auto" turns idempotence on unless the broker cannot do it (Tansu answers
     # InitProducerId with an error); true/false force it.
     kafka_idempotence: Literal["auto", "true", "false"] = "auto"

@@ -206,6 +206,26 @@ async def test_replays_rebuild_exactly_what_the_projector_built(
         await assert_same_as_a_clean_rebuild(settings, pool)
 
 
+async def test_a_scratch_replay_rebuilds_beside_the_live_tables_and_swaps_nothing(
+    database_url: str, tansu: str, topic: str
+) -> None:
+    """`tierline replay --scratch`: what the fault drill compares the live read models with."""
+    settings = settings_for(database_url, tansu, topic)
+    async with relaying(settings, ("relay", "projector")) as pool:
+        await append_commands(pool, seeded(3).commands(150))
+        await caught_up(pool)
+        before = await snapshot(pool, LIVE_SCHEMA)
+        damaged = await pool.execute("DELETE FROM read.issue_timeline WHERE version > 1")
+        assert damaged != "DELETE 0", f"the workload had no second events (seed {SEED})"
+        assert await replay_command(settings, None, scratch=True) == 0
+        assert await pool.fetchval("SELECT count(*) FROM read.rebuilds") == 0, "it swapped"
+        rebuilt = await snapshot(pool, REPLAY_SCHEMA)
+        after = await snapshot(pool, LIVE_SCHEMA)
+        assert rebuilt == before, f"the scratch rebuild differs from the live build (seed {SEED})"
+        assert after["issue_timeline"] != before["issue_timeline"], "the live tables were touched"
+        assert after["issues"] == before["issues"]
+
+
 class Killed(Exception):
     """Stands for the process dying: raised inside the batch's transaction."""
 

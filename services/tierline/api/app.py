@@ -192,6 +192,10 @@ def _dependency_down(exc: BaseException) -> bool:
         | asyncpg.exceptions.TooManyConnectionsError,
     ):
         return True
+    # A connection whose server went away mid-operation (a fast restart): asyncpg's protocol
+    # is left "in progress" (found by the fault drill, bench/drill.py).
+    if isinstance(exc, asyncpg.InternalClientError):
+        return True
     # The pool hands out a connection whose server went away between two requests.
     return isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc)
 

@@ -30,6 +30,7 @@ from tierline.eventlog.freshness import (
 )
 from tierline.eventlog.kafka import DEFAULT_FETCH_MAX_WAIT_MS, cluster_identity
 from tierline.sqlfile import load_queries
+from tierline.store.pool import DATABASE_ERRORS
 from tierline.supervise import supervise
 
 log = structlog.get_logger(__name__)
@@ -217,7 +218,7 @@ class LogConsumer:
             f"consumer.{self.name}",
             self._run_once,
             stop,
-            retry_on=(KafkaError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+            retry_on=(KafkaError, *DATABASE_ERRORS),
             consumer=self.name,
         )
 

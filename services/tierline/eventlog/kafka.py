@@ -63,18 +63,33 @@ def producer_options(bootstrap: str, idempotent: bool) -> dict[str, Any]:
     return options
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
-    """Create the topic with infinite retention if missing; True when it was created now."""
+async def ensure_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    replication: int = 1,
+    min_insync_replicas: int | None = None,
+) -> bool:
+    """Create the topic with infinite retention if missing; True when it was created now.
+
+    `replication` copies of each partition; `min_insync_replicas` of them must hold an
+    acks=all write before it is acknowledged (unset: the broker's default). Production runs
+    3 and 2, so one broker can be lost without refusing or losing a write (docs/operations.md).
+    """
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         if topic in await admin.list_topics():
             return False
+        configs = {"retention.ms": "-1"}
+        if min_insync_replicas is not None:
+            configs["min.insync.replicas"] = str(min_insync_replicas)
         new = NewTopic(
             name=topic,
             num_partitions=partitions,
-            replication_factor=1,
-            topic_configs={"retention.ms": "-1"},
+            replication_factor=replication,
+            topic_configs=configs,
         )
         response = await admin.create_topics([new])
         for _, code, *rest in response.topic_errors:
@@ -83,13 +98,21 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int) -> bool:
             if code != 0:
                 # Some brokers refuse retention configs; the topic still matters more.
                 log.warning("topic_create_with_config_failed", topic=topic, code=code, detail=rest)
-                plain = NewTopic(name=topic, num_partitions=partitions, replication_factor=1)
+                plain = NewTopic(
+                    name=topic, num_partitions=partitions, replication_factor=replication
+                )
                 retry = await admin.create_topics([plain])
                 code = int(retry.topic_errors[0][1])
                 if code not in (0, TopicAlreadyExistsError.errno):
                     raise RuntimeError(f"cannot create topic {topic}: error code {code}")
                 return bool(code == 0)
-        log.info("topic_created", topic=topic, partitions=partitions)
+        log.info(
+            "topic_created",
+            topic=topic,
+            partitions=partitions,
+            replication=replication,
+            min_insync_replicas=min_insync_replicas,
+        )
         return True
     finally:
         await admin.close()

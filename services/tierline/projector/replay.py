@@ -410,15 +410,18 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
-async def replay_command(settings: Settings, projection: str | None) -> int:
-    """`tierline replay [--projection NAME]`: rebuild and swap in, with a progress bar."""
+async def replay_command(
+    settings: Settings, projection: str | None, *, scratch: bool = False
+) -> int:
+    """`tierline replay [--projection NAME] [--scratch]`: rebuild and swap in, with a progress
+    bar; with `scratch`, leave the rebuild in schema read_replay and swap nothing."""
     projections = PROJECTIONS if projection is None else (projection,)
     console = Console(stderr=True)
     if projection is not None and projection not in PROJECTIONS:
         console.print(f"tierline replay: unknown projection {projection!r}; known: {PROJECTIONS}")
         return 2
     with progress_bar(console) as bar:
-        replay = Replay(settings, projections, progress=RichProgress(bar))
+        replay = Replay(settings, projections, swap=not scratch, progress=RichProgress(bar))
         try:
             result = await replay.run()
         except ReplayBusy as exc:
@@ -427,9 +430,13 @@ async def replay_command(settings: Settings, projection: str | None) -> int:
         except TopicMissing as exc:
             console.print(f"tierline replay: topic {exc} does not exist; nothing to replay")
             return 1
+    where = (
+        f"left in schema {REPLAY_SCHEMA}, the live tables untouched"
+        if scratch
+        else f"swapped in as rebuild {result.generation}"
+    )
     console.print(
         f"rebuilt {', '.join(result.projections)} from {result.events:,} events in "
-        f"{result.seconds:.1f}s ({result.events_per_second:,.0f} events/s); swapped in as "
-        f"rebuild {result.generation}"
+        f"{result.seconds:.1f}s ({result.events_per_second:,.0f} events/s); {where}"
     )
     return 0

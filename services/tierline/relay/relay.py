@@ -43,6 +43,8 @@ class Relay:
         topic: str,
         partitions: int,
         idempotent: bool,
+        replication: int = 1,
+        min_insync_replicas: int | None = None,
         batch_size: int = 500,
         poll_interval: float = 1.0,
     ) -> None:
@@ -50,6 +52,8 @@ class Relay:
         self._bootstrap = bootstrap
         self._topic = topic
         self._partitions = partitions
+        self._replication = replication
+        self._min_insync_replicas = min_insync_replicas
         self._idempotent = idempotent
         self._batch_size = batch_size
         self._poll_interval = poll_interval
@@ -88,7 +92,13 @@ class Relay:
 
     async def _check_log_identity(self, conn: asyncpg.Connection) -> None:
         """Refill the log from the store when the broker's log is not the one we published to."""
-        created = await ensure_topic(self._bootstrap, self._topic, self._partitions)
+        created = await ensure_topic(
+            self._bootstrap,
+            self._topic,
+            self._partitions,
+            replication=self._replication,
+            min_insync_replicas=self._min_insync_replicas,
+        )
         identity = await cluster_identity(self._bootstrap)
         recorded = await conn.fetchval(QUERIES["recorded_log_identity"], self._topic)
         if created or recorded != identity:

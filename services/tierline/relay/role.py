@@ -17,6 +17,8 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         bootstrap=settings.kafka_bootstrap,
         topic=settings.kafka_topic,
         partitions=settings.kafka_partitions,
+        replication=settings.kafka_replication_factor,
+        min_insync_replicas=settings.kafka_min_insync_replicas,
         idempotent=idempotent,
         batch_size=settings.relay_batch_size,
         poll_interval=settings.relay_poll_interval,

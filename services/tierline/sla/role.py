@@ -8,7 +8,7 @@ import structlog
 
 from tierline.config import Settings
 from tierline.eventlog.consumer import LogConsumer
-from tierline.eventlog.kafka import ensure_topic
+from tierline.eventlog.topic import ensure_log_topic
 from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import ClockTable
@@ -26,7 +26,7 @@ RESERVED_CONNECTIONS = 2
 async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
     """Keep clock rows from the log and record warnings, breaches and escalations when due."""
     # Subscribing first would let some brokers auto-create the topic with their defaults.
-    await ensure_topic(settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions)
+    await ensure_log_topic(settings)
     pool = await create_pool(
         settings.database_url,
         min_size=min(settings.db_pool_min, settings.db_pool_max),

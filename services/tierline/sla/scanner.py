@@ -33,6 +33,7 @@ from tierline.service_layer.issues import SYSTEM, IssueNotFound, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.sla.clock_table import NOTIFY_CHANNEL, NOTIFY_HORIZON, ClockTable, IssueClocks
 from tierline.sqlfile import load_queries
+from tierline.store.pool import DATABASE_ERRORS
 from tierline.supervise import sleep_or_stop, supervise
 
 log = structlog.get_logger(__name__)
@@ -131,7 +132,7 @@ class SlaScanner:
             "sla_scanner",
             self._run_listening,
             stop,
-            retry_on=(OSError, asyncpg.PostgresError, asyncpg.InterfaceError),
+            retry_on=DATABASE_ERRORS,
         )
 
     async def _run_listening(self, stop: asyncio.Event) -> None:

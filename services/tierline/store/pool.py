@@ -9,6 +9,17 @@ from asyncpg.pool import PoolConnectionProxy
 
 CONNECT_TIMEOUT = 10.0
 
+# What a lost or restarting PostgreSQL raises; a worker retries its loop after any of these.
+# InternalClientError ("cannot switch to state N; another operation is in progress") comes
+# from a connection whose server went away mid-operation, e.g. a fast restart: the fault
+# drill (bench/drill.py) saw it stop the SLA and webhook roles before it was listed here.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
+
 
 async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     """A pool whose connections use UTC so timestamps round-trip unchanged."""

@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaError
 
 from tierline.config import Settings
 from tierline.eventlog.consumer import LogConsumer
-from tierline.eventlog.kafka import ensure_topic
+from tierline.eventlog.topic import ensure_log_topic
 from tierline.store.pool import create_pool
 from tierline.webhooks.fanout import CONSUMER_NAME, DeliveryFanout
 from tierline.webhooks.sender import Sender, SenderConfig
@@ -30,9 +30,7 @@ def sender_config(settings: Settings) -> SenderConfig:
 async def run_webhooks(settings: Settings, stop: asyncio.Event) -> None:
     """Queue deliveries from the log and send them until stopped."""
     try:
-        await ensure_topic(
-            settings.kafka_bootstrap, settings.kafka_topic, settings.kafka_partitions
-        )
+        await ensure_log_topic(settings)
     except (KafkaError, OSError) as exc:
         # The consumer keeps trying to reach the broker; nothing else needs the topic now.
         log.warning("webhooks_topic_check_failed", error=repr(exc))

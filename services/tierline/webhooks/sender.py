@@ -25,6 +25,7 @@ import structlog
 from aiohttp.abc import AbstractResolver
 
 from tierline.secretbox import SecretBox
+from tierline.store.pool import DATABASE_ERRORS
 from tierline.supervise import supervise
 from tierline.webhooks import metrics
 from tierline.webhooks.deliveries import (
@@ -51,7 +52,6 @@ from tierline.webhooks.ssrf import (
 log = structlog.get_logger(__name__)
 
 RESPONSE_EXCERPT_BYTES = 256
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 RESULT_BATCH = 500
 
 
