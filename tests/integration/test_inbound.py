@@ -19,6 +19,8 @@ from tests.fixtures.stack import TEST_SECRET_KEY
 from tierline import secretbox
 from tierline.api.app import create_app
 from tierline.config import Settings
+from tierline.inbound import sources as source_store
+from tierline.secrets_command import rotate_secrets
 from tierline.store.api_keys import create_api_key
 from tierline.store.pool import create_pool
 
@@ -512,3 +514,36 @@ async def test_vendor_keys_see_only_their_sources_and_a_bound_source_only_its_ve
     assert (status, answer["outcome"], answer["issue_id"]) == (200, "ignored", None)
     resp = await client.get(f"/v1/issues/{theirs['id']}")
     assert (await resp.json())["version"] == 1
+
+
+async def test_secrets_rotate_reseals_inbound_secrets_under_the_newest_key(
+    database_url: str,
+) -> None:
+    old_key, new_key = secretbox.generate_key(), secretbox.generate_key()
+    old_box = secretbox.SecretBox([old_key])
+    conn = await asyncpg.connect(database_url)
+    try:
+        made = []
+        for n in range(3):
+            source = await source_store.insert_source(
+                conn,
+                name=f"s{n}",
+                kind="jira",
+                vendor_id=None,
+                mapping={},
+                secret=f"secret-number-{n}-0123456789",
+                box=old_box,
+            )
+            made.append(source.id)
+        await source_store.rotate_secret(conn, made[0], "rotated-secret-0123456789", box=old_box)
+        settings = Settings(database_url=database_url, secret_key=f"{new_key},{old_key}")
+        assert await rotate_secrets(settings, page=2) == 0
+        only_new = secretbox.SecretBox([new_key])
+        opened = [await source_store.for_receiving(conn, i, only_new) for i in made]
+        assert [o.secrets for o in opened if o is not None] == [
+            ("rotated-secret-0123456789", "secret-number-0-0123456789"),
+            ("secret-number-1-0123456789",),
+            ("secret-number-2-0123456789",),
+        ]
+    finally:
+        await conn.close()

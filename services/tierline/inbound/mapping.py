@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import jmespath
-from jmespath.exceptions import JMESPathError
+from jmespath.exceptions import JMESPathError, UnknownFunctionError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tierline.domain import commands as c
@@ -73,11 +73,18 @@ class FieldPaths(BaseModel):
     @field_validator(*PATH_NAMES)
     @classmethod
     def _compiles(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                jmespath.compile(value)
-            except (JMESPathError, ValueError, TypeError, RecursionError) as exc:
-                raise ValueError(f"not a JMESPath expression: {exc}") from None
+        if value is None:
+            return value
+        try:
+            expression = jmespath.compile(value)
+        except (JMESPathError, ValueError, TypeError, RecursionError) as exc:
+            raise ValueError(f"not a JMESPath expression: {exc}") from None
+        try:  # functions are looked up only when evaluated
+            expression.search({})
+        except UnknownFunctionError as exc:
+            raise ValueError(str(exc)) from None
+        except (JMESPathError, ValueError, TypeError, RecursionError):
+            pass  # a type error on an empty document says nothing about real payloads
         return value
 
 
