@@ -9,9 +9,9 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -61,6 +61,23 @@ def listed_vendor(request: web.Request) -> str | None:
     """The vendor a list is narrowed to: a vendor key's own, whatever `vendor_id` asks."""
     who = principal(request)
     return who.vendor_id if who.role == "vendor" else request.query.get("vendor_id")
+
+
+async def vendor_page(
+    request: web.Request,
+    conn: Any,
+    lister: Callable[..., Awaitable[list[T]]],
+    position: Callable[[T], tuple[datetime, uuid.UUID]],
+) -> tuple[list[T], str | None]:
+    """One page of a list a vendor key sees only its own part of, and the next page's cursor.
+
+    `lister(conn, vendor_id=..., after=..., limit=...)` is the store's keyset query.
+    """
+    limit = page_limit(request)
+    found = await lister(
+        conn, vendor_id=listed_vendor(request), after=decode_cursor(request), limit=limit + 1
+    )
+    return cut_page(found, limit, position)
 
 
 def cut_page(

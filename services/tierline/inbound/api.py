@@ -15,8 +15,8 @@ from tierline.api.paging import (
     VENDOR_PAGE_QUERY,
     cut_page,
     decode_cursor,
-    listed_vendor,
     page_limit,
+    vendor_page,
 )
 from tierline.api.problems import Problem
 from tierline.api.registry import (
@@ -38,6 +38,7 @@ from tierline.inbound.models import (
     SourcePage,
     ToolPayload,
     UpdateSource,
+    reason_and_error,
 )
 from tierline.inbound.receive import Answer, Unauthorized
 from tierline.inbound.verify import new_source_secret
@@ -134,14 +135,9 @@ async def create_inbound_source(request: web.Request) -> web.Response:
     errors=(401, 422),
 )
 async def list_inbound_sources(request: web.Request) -> web.Response:
-    limit = page_limit(request)
-    found = await source_store.list_sources(
-        request.app[POOL],
-        vendor_id=listed_vendor(request),
-        after=decode_cursor(request),
-        limit=limit + 1,
+    page, cursor = await vendor_page(
+        request, request.app[POOL], source_store.list_sources, lambda s: (s.created_at, s.id)
     )
-    page, cursor = cut_page(found, limit, lambda s: (s.created_at, s.id))
     base = _base_url(request)
     return json_response(
         SourcePage(items=[SourceOut.of(s, base) for s in page], next_cursor=cursor)
@@ -292,13 +288,11 @@ async def receive_inbound(request: web.Request) -> web.Response:
 
 def _received(answer: Answer) -> Received:
     result = answer.result
-    ignored = result.outcome == "ignored"
     return Received(
         delivery_id=answer.delivery_id,
         outcome=result.outcome,
         duplicate=answer.duplicate,
         issue_id=result.issue_id,
         commands=[CommandOut.model_validate(c) for c in result.commands],
-        reason=result.error if ignored else None,
-        error=None if ignored else result.error,
+        **reason_and_error(result.outcome, result.error),
     )

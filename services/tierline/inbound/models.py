@@ -107,6 +107,13 @@ class CommandOut(BaseModel):
     version: int | None = Field(default=None, description="the issue's version after it")
 
 
+def reason_and_error(outcome: Outcome, text: str | None) -> dict[str, str | None]:
+    """An ignored delivery's text is why it was ignored; a failed or rejected one's, its error."""
+    if outcome == "ignored":
+        return {"reason": text, "error": None}
+    return {"reason": None, "error": text}
+
+
 class DeliveryOut(BaseModel):
     """One delivery as it arrived: verification, the tool's event, commands and outcome."""
 
@@ -125,7 +132,6 @@ class DeliveryOut(BaseModel):
     @classmethod
     def of(cls, delivery: Delivery) -> DeliveryOut:
         """The API view of a stored delivery."""
-        ignored = delivery.outcome == "ignored"
         return cls(
             id=str(delivery.id),
             delivery_id=delivery.delivery_id,
@@ -135,9 +141,8 @@ class DeliveryOut(BaseModel):
             issue_id=delivery.issue_id,
             outcome=delivery.outcome,
             commands=[CommandOut.model_validate(c) for c in delivery.commands],
-            reason=delivery.error if ignored else None,
-            error=None if ignored else delivery.error,
             received_at=delivery.received_at,
+            **reason_and_error(delivery.outcome, delivery.error),
         )
 
 

@@ -14,8 +14,8 @@ from tierline.api.paging import (
     VENDOR_PAGE_QUERY,
     cut_page,
     decode_cursor,
-    listed_vendor,
     page_limit,
+    vendor_page,
 )
 from tierline.api.problems import Problem
 from tierline.api.registry import (
@@ -147,14 +147,9 @@ async def create_webhook(request: web.Request) -> web.Response:
     errors=(401, 422),
 )
 async def list_webhooks(request: web.Request) -> web.Response:
-    limit = page_limit(request)
-    found = await sub_store.list_subscriptions(
-        request.app[POOL],
-        vendor_id=listed_vendor(request),
-        after=decode_cursor(request),
-        limit=limit + 1,
+    subs, cursor = await vendor_page(
+        request, request.app[POOL], sub_store.list_subscriptions, lambda s: (s.created_at, s.id)
     )
-    subs, cursor = cut_page(found, limit, lambda s: (s.created_at, s.id))
     return json_response(WebhookPage(items=[WebhookOut.of(s) for s in subs], next_cursor=cursor))
 
 
