@@ -547,3 +547,34 @@ async def test_secrets_rotate_reseals_inbound_secrets_under_the_newest_key(
         ]
     finally:
         await conn.close()
+
+
+async def test_hostile_bodies_get_problems_never_a_server_error(client: Client) -> None:
+    source = await new_source(client, "jira")
+    secret = source["secret"]
+    path = client.make_url(f"/v1/inbound/{source['id']}")
+
+    async def signed(body: bytes, delivery: str, **extra: str) -> tuple[int, Any]:
+        headers = {**tools.jira_headers(secret, body, delivery), "Authorization": "", **extra}
+        resp = await client.session.post(path, data=body, headers=headers)
+        return resp.status, await resp.json(content_type=None)
+
+    assert (await signed(b"{not json", "h-1"))[0] == 400
+    assert (await signed(b'{"a": "\\u0000"}', "h-2"))[0] == 422
+    assert (await signed(b"[" * 100 + b"]" * 100, "h-3"))[0] == 400
+    status, answer = await signed(b"[1, 2, 3]", "h-4")
+    assert (status, answer["outcome"]) == (200, "ignored")
+    status, answer = await signed(b'{"webhookEvent": 5, "issue": {"key": {"x": 1}}}', "h-5")
+    assert (status, answer["outcome"]) == (200, "ignored")
+    body = tools.body_of(tools.jira_created("GOV-9", summary=None, priority="weird"))
+    status, answer = await signed(body, "h-6")
+    assert (status, answer["outcome"]) == (200, "applied"), answer
+    issue = await issue_by_ref(client, "jira:GOV-9")
+    assert issue["title"] == "Jira ticket GOV-9" and issue["priority"] == "P3"
+    status, _ = await signed(b'{"a": 1}', "h-7", **{"Content-Type": "text/plain"})
+    assert status == 415
+    huge = b'{"pad": "' + b"x" * 300_000 + b'"}'
+    assert (await signed(huge, "h-8"))[0] == 413
+    log = {d["delivery_id"]: d for d in await deliveries_of(client, source)}
+    assert log["h-1"]["outcome"] == "failed" and "not valid JSON" in log["h-1"]["error"]
+    assert log["h-4"]["outcome"] == "ignored"

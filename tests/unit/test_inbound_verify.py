@@ -92,6 +92,7 @@ def test_timestamps_are_read_as_rfc3339_or_seconds() -> None:
     assert timestamp_seconds(str(int(ten))) == ten
     assert timestamp_seconds("2026-12-01T10:00:00") is None  # no zone: refused
     assert timestamp_seconds("yesterday") is None
+    assert timestamp_seconds("nan") is None and timestamp_seconds("inf") is None
 
 
 def test_delivery_ids_come_from_the_tools_header_or_zendesk_event_id() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -77,9 +78,11 @@ def _zendesk(live: Sequence[str], headers: Mapping[str, str], body: bytes, now: 
 def timestamp_seconds(stamp: str) -> float | None:
     """Seconds since the epoch of an RFC 3339 time or a number of seconds; None if neither."""
     try:
-        return float(stamp)
+        seconds = float(stamp)
     except ValueError:
         pass
+    else:  # "nan" would compare as inside any window
+        return seconds if math.isfinite(seconds) else None
     try:
         parsed = datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
     except ValueError:
