@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -120,23 +120,16 @@ class InboundReceiver:
         delivery_id = _storable(verify.delivery_id(source.type, headers, body_id, body))
         try:
             rules = mapping.rules_for(source.type, mapping.Mapping.model_validate(source.mapping))
-        except ValidationError:
-            rules = None
+            event = mapping.read_event(rules, headers, payload)
+        except ValidationError:  # stored before a stricter release: refuse, do not guess
+            rules, event = None, None
         for _ in range(RETRIES):
             try:
-                async with self.units() as uow:
-                    row = await deliveries.claim(uow.connection, source.id, delivery_id)
-                    if row is None:
-                        break
-                    if rules is None:
-                        result = Result("failed", error="the source's mapping is not valid")
-                    else:
-                        event = mapping.read_event(rules, headers, payload)
-                        origin = Origin(str(source.id), delivery_id)
-                        result = await self._apply(uow, source, rules, event, origin)
-                    await deliveries.complete(uow.connection, row, result)
-            except RetryUnitOfWork:
+                result = await self._once(source, delivery_id, rules, event)
+            except RetryUnitOfWork:  # another delivery registered the same ticket first
                 continue
+            if result is None:
+                return await self._first_answer(source, delivery_id)
             DELIVERIES.labels(source.type, result.outcome).inc()
             log.info(
                 "inbound_delivery",
@@ -146,8 +139,31 @@ class InboundReceiver:
                 issue_id=result.issue_id,
             )
             return Answer(delivery_id, result)
-        else:
-            raise RuntimeError("the unit of work kept losing races")
+        raise RuntimeError("the unit of work kept losing races")
+
+    async def _once(
+        self,
+        source: sources.Receiving,
+        delivery_id: str,
+        rules: mapping.Rules | None,
+        event: mapping.TicketEvent | None,
+    ) -> Result | None:
+        """Claim the id, run the commands, record the result: one unit of work (None: a
+        redelivery of an id recorded before)."""
+        async with self.units() as uow:
+            row = await deliveries.claim(uow.connection, source.id, delivery_id)
+            if row is None:
+                return None
+            if rules is None or event is None:
+                result = Result("failed", error="the source's mapping is not valid")
+            else:
+                origin = Origin(str(source.id), delivery_id)
+                result = await self._apply(uow, source, rules, event, origin)
+            await deliveries.complete(uow.connection, row, result)
+        return result
+
+    async def _first_answer(self, source: sources.Receiving, delivery_id: str) -> Answer:
+        """What the first delivery with this id became, for a redelivery."""
         stored = await deliveries.by_delivery_id(self.pool, source.id, delivery_id)
         assert stored is not None, "a claimed delivery id has no record"
         DELIVERIES.labels(source.type, "duplicate").inc()
@@ -175,25 +191,25 @@ class InboundReceiver:
             "ignored", event=event.name, ticket_key=ticket.key, vendor_id=source.vendor_id
         )
         if not event.changes:
-            return _with(base, error=event.unmapped or "nothing to do")
+            return replace(base, error=event.unmapped or "nothing to do")
         if not ticket.key:
-            return _with(base, outcome="failed", error="the payload has no ticket key")
+            return replace(base, outcome="failed", error="the payload has no ticket key")
         principal = Principal(f"inbound:{source.id}", *_scope(source))
         run = _Run(self.issues, uow, principal, origin)
         found = await uow.issues.find_ref(rules.kind, ticket.key)
         issue_id = None if found is None else found.issue_id
         for change in event.changes:
             if change.kind == "created":
-                vendor = _vendor(rules, source, ticket)
-                if vendor.startswith("!"):
-                    return _with(base, outcome="failed", error=vendor[1:])
+                vendor, why_not = _vendor(rules, source, ticket)
+                if vendor is None:
+                    return replace(base, outcome="failed", error=why_not)
                 issue_id = await run.open(rules, ticket, vendor) or issue_id
             elif issue_id is None:
                 run.ignore(change, "unknown ticket: no issue has this external ref")
             else:
                 await run.execute(rules, change, issue_id)
         if run.failed is not None:
-            return _with(base, outcome="failed", error=run.failed, commands=tuple(run.records))
+            return replace(base, outcome="failed", error=run.failed, commands=tuple(run.records))
         applied = any(r["outcome"] == "applied" for r in run.records)
         reasons = [r["reason"] for r in run.records if r.get("reason")]
         return Result(
@@ -207,26 +223,24 @@ class InboundReceiver:
         )
 
 
-def _with(result: Result, **changes: Any) -> Result:
-    return Result(**{**result.__dict__, **changes})
-
-
 def _scope(source: sources.Receiving) -> tuple[Any, str | None]:
     """A source bound to a vendor acts as that vendor; an unbound one as an integration."""
     return ("vendor", source.vendor_id) if source.vendor_id else ("integration", None)
 
 
-def _vendor(rules: mapping.Rules, source: sources.Receiving, ticket: mapping.Ticket) -> str:
-    """The vendor of a new issue, or `!` and why there is none."""
+def _vendor(
+    rules: mapping.Rules, source: sources.Receiving, ticket: mapping.Ticket
+) -> tuple[str | None, str | None]:
+    """The vendor of a new issue, or None and why there is none."""
     named = ticket.vendor if rules.routes_vendors else None
     if named:
         named = rules.vendors.get(named.strip().lower(), named.strip())
         if source.vendor_id is not None and named != source.vendor_id:
-            return f"!the payload names vendor {named[:63]!r}, not the source's vendor"
-        return named
+            return None, f"the payload names vendor {named[:63]!r}, not the source's vendor"
+        return named, None
     if source.vendor_id is None:
-        return "!no vendor: give the source a vendor_id or map fields.vendor"
-    return source.vendor_id
+        return None, "no vendor: give the source a vendor_id or map fields.vendor"
+    return source.vendor_id, None
 
 
 class _Run:
