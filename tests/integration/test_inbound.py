@@ -4,6 +4,7 @@ transitions, mapping overrides and vendor scoping are checked on what the API th
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -578,3 +579,27 @@ async def test_hostile_bodies_get_problems_never_a_server_error(client: Client) 
     log = {d["delivery_id"]: d for d in await deliveries_of(client, source)}
     assert log["h-1"]["outcome"] == "failed" and "not valid JSON" in log["h-1"]["error"]
     assert log["h-4"]["outcome"] == "ignored"
+
+
+async def test_concurrent_deliveries_apply_once(client: Client) -> None:
+    """The same delivery sent five times at once applies once; five deliveries (different ids)
+    creating the same ticket at once open one issue, the others find it."""
+    source = await new_source(client, "jira")
+    body = tools.body_of(tools.jira_created("RACE-1"))
+    headers = tools.jira_headers(source["secret"], body, "same")
+    answers = await asyncio.gather(*(deliver(client, source, body, headers) for _ in range(5)))
+    assert [s for s, _ in answers] == [200] * 5
+    assert sorted(a["duplicate"] for _, a in answers) == [False, True, True, True, True]
+    body = tools.body_of(tools.jira_created("RACE-2"))
+    answers = await asyncio.gather(
+        *(
+            deliver(client, source, body, tools.jira_headers(source["secret"], body, f"r-{n}"))
+            for n in range(5)
+        )
+    )
+    outcomes = sorted(a["outcome"] for _, a in answers)
+    assert outcomes == ["applied", "ignored", "ignored", "ignored", "ignored"], answers
+    assert len({a["issue_id"] for _, a in answers}) == 1
+    for ref in ("jira:RACE-1", "jira:RACE-2"):
+        issue = await issue_by_ref(client, ref)
+        assert names(await events_of(client, issue["id"])) == ["opened"]
