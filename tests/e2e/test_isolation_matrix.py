@@ -40,9 +40,17 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.fixtures import infra
+from tests.fixtures import inbound, infra
 from tests.fixtures.stack import Stack, running_stack, stack_settings
-from tests.fixtures.tenants import Receiver, Tenant, call, leaked, receiver_running, seed_tenant
+from tests.fixtures.tenants import (
+    Receiver,
+    Tenant,
+    call,
+    leaked,
+    receiver_running,
+    seed_inbound,
+    seed_tenant,
+)
 from tierline.api.app import all_routes
 from tierline.api.registry import Operation
 from tierline.domain import commands as c
@@ -109,6 +117,7 @@ class Entry:
     body: Body | None = None  # a body that would succeed for an allowed caller
     vendor: Cases | None = None  # what A's vendor key tries beyond B's objects
     replay: tuple[int, str] = (404, "not-found")  # A replaying B's Idempotency-Keys
+    public: Cases | None = None  # public routes with a path: what anyone tries (default: GET)
 
 
 def ghost(value: str) -> str:
@@ -359,6 +368,67 @@ MATRIX: dict[tuple[str, str], Entry] = {
     ),
 }
 
+# --- inbound sources and the inbound receiver ----------------------------------------------------
+# Sources are managed by admins only; every reader sees them, a vendor key only its vendor's.
+# The receiver is public (signed by the tool, not by a key): for B's source, an unsigned
+# delivery or one signed with A's secret answers 401 exactly as for a source that does not exist.
+
+
+def source_targets(w: World) -> list[dict[str, str]]:
+    return [{"source_id": s} for s in w.victim.source_ids]
+
+
+def list_source_cases(w: World) -> list[Case]:
+    get = "/v1/inbound-sources"
+    return [
+        Case("no filter", Request("GET", get), 200, owner=w.intruder.vendor_id),
+        Case(
+            "vendor_id=B",
+            Request("GET", get, query={"vendor_id": w.victim.vendor_id}),
+            200,
+            owner=w.intruder.vendor_id,
+        ),
+    ]
+
+
+def jira_delivery(w: World) -> dict[str, Any]:
+    return inbound.jira_created(f"GOV-{uuid.uuid4().hex[:6].upper()}")
+
+
+def receive_cases(w: World) -> list[Case]:
+    cases = []
+    for source in w.victim.source_ids:
+        path = f"/v1/inbound/{source}"
+        body = jira_delivery(w)
+        raw = inbound.body_of(body)
+        forged = inbound.jira_headers(w.intruder.source_secret, raw)
+        for name, headers in (("unsigned", {}), ("signed with A's secret", forged)):
+            request = Request("POST", path, body, headers=headers)
+            ghostly = Request("POST", f"/v1/inbound/{ghost(source)}", body, headers=headers)
+            cases.append(Case(name, request, 401, "unauthenticated", twin=ghostly))
+    return cases
+
+
+INBOUND_MATRIX: dict[tuple[str, str], Entry] = {
+    ("POST", "/v1/inbound-sources"): Entry(
+        ADMIN, body=lambda w: {"name": "intruder", "type": "jira", "vendor_id": w.victim.vendor_id}
+    ),
+    ("GET", "/v1/inbound-sources"): Entry(ALL_ROLES, vendor=list_source_cases),
+    ("GET", "/v1/inbound-sources/{source_id}"): Entry(ALL_ROLES, targets=source_targets),
+    ("PATCH", "/v1/inbound-sources/{source_id}"): Entry(
+        ADMIN, targets=source_targets, body=lambda w: {"name": "hijacked"}
+    ),
+    ("DELETE", "/v1/inbound-sources/{source_id}"): Entry(ADMIN, targets=source_targets),
+    ("POST", "/v1/inbound-sources/{source_id}/rotate-secret"): Entry(
+        ADMIN, targets=source_targets, body=lambda w: {}
+    ),
+    ("GET", "/v1/inbound-sources/{source_id}/deliveries"): Entry(ALL_ROLES, targets=source_targets),
+    ("POST", "/v1/inbound/{source_id}"): Entry(
+        None, targets=source_targets, body=jira_delivery, public=receive_cases
+    ),
+}
+MATRIX.update(INBOUND_MATRIX)
+
 # Which of the victim's objects a path parameter names, when a route has just one.
 PARAMS: dict[str, Callable[[Tenant], list[str]]] = {
     "issue_id": lambda t: t.issue_ids,
@@ -406,6 +476,8 @@ def cases_for(principal: str, op: Operation, world: World) -> list[Case]:
     body = entry.body(world) if entry.body is not None else None
     aimed = [(t, Request(op.method, op.path.format(**t), body)) for t in targets(op, entry, world)]
     if roles is None:
+        if entry.public is not None:
+            return entry.public(world)
         return [Case("public", Request(op.method, op.path), 200)]
     if principal == "anonymous":
         return [Case("no key", r, 401, "unauthenticated", twin=twin(op, t, r)) for t, r in aimed]
@@ -542,6 +614,8 @@ async def world(isolation_stack: tuple[Stack, Receiver]) -> World:
     async with stack.client() as admin:
         victim = await seed_tenant(stack.api_url, admin, receiver, "bravo")
         intruder = await seed_tenant(stack.api_url, admin, receiver, "alpha")
+        for tenant in (victim, intruder):
+            await seed_inbound(admin, tenant)
         governance = await call(admin, "GET", "/v1/governance", 200)
     governance.pop("version", None)
     return World(victim=victim, intruder=intruder, governance=governance)

@@ -118,3 +118,29 @@ def test_the_check_would_see_a_lookup() -> None:
     assert READS_STREAMS.search("LEFT JOIN streams st ON st.stream_id = e.stream_id")
     assert READS_STREAMS.search("SELECT vendor_id FROM streams WHERE stream_id = $1")
     assert not READS_STREAMS.search("INSERT INTO consumer_stream_versions (consumer)")
+
+
+def test_inbound_provenance_rides_as_two_extension_attributes() -> None:
+    event = replace_origin(stored("acme"), "5f1c0a2e-0000-4000-8000-000000000001", "jira-77")
+    _, value, headers = to_kafka_record(event)
+    assert ("ce_inboundsource", b"5f1c0a2e-0000-4000-8000-000000000001") in headers
+    assert ("ce_inbounddelivery", b"jira-77") in headers
+    decoded = from_kafka_record(value, headers)
+    assert (decoded.inbound_source, decoded.inbound_delivery) == (
+        "5f1c0a2e-0000-4000-8000-000000000001",
+        "jira-77",
+    )
+    document = stored_to_structured(event)
+    assert document["inboundsource"] == "5f1c0a2e-0000-4000-8000-000000000001"
+    assert document["inbounddelivery"] == "jira-77"
+    assert json.loads(event_body(decoded).body)["inbounddelivery"] == "jira-77"
+    # Events from the API carry neither attribute.
+    _, _, plain = to_kafka_record(stored("acme"))
+    assert not {"ce_inboundsource", "ce_inbounddelivery"} & dict(plain).keys()
+    assert "inboundsource" not in stored_to_structured(stored("acme"))
+
+
+def replace_origin(event: StoredEvent, source: str, delivery: str) -> StoredEvent:
+    from dataclasses import replace
+
+    return replace(event, inbound_source=source, inbound_delivery=delivery)

@@ -19,6 +19,7 @@ from tierline.api import admin, issues
 from tierline.api.hardening import check_request
 from tierline.api.key_cache import ApiKeyCache
 from tierline.api.keys import (
+    INBOUND,
     ISSUES,
     KAFKA_BOOTSTRAP,
     KEY_CACHE,
@@ -36,6 +37,8 @@ from tierline.api.registry import PRINCIPAL_KEY, Handler, RouteTable, json_respo
 from tierline.api.schemas import Health
 from tierline.config import Settings
 from tierline.eventlog.kafka import kafka_ready
+from tierline.inbound import api as inbound_api
+from tierline.inbound.receive import InboundReceiver
 from tierline.projector import api as read_model_api
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
@@ -60,7 +63,14 @@ LATENCY = Histogram(
 
 def all_routes() -> list[RouteTable]:
     """Every route table, in registration order."""
-    return [ops, admin.routes, issues.routes, read_model_api.routes, webhook_api.routes]
+    return [
+        ops,
+        admin.routes,
+        issues.routes,
+        read_model_api.routes,
+        webhook_api.routes,
+        inbound_api.routes,
+    ]
 
 
 def openapi_document() -> dict[str, object]:
@@ -273,6 +283,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[REFERENCE] = reference
     app[UNITS] = PostgresUnitOfWorkFactory(pool, reference)
     app[ISSUES] = IssueService(app[UNITS])
+    app[INBOUND] = InboundReceiver(pool, app[UNITS], app[ISSUES])
     app[KEY_CACHE] = ApiKeyCache(pool, settings.database_url)
     app[KEY_CACHE].start()
     yield

@@ -10,6 +10,7 @@ from aiohttp import web
 from tierline.api.key_cache import ApiKeyCache
 from tierline.api.ratelimit import RateLimiter
 from tierline.config import Settings
+from tierline.inbound.receive import InboundReceiver
 from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
@@ -23,3 +24,4 @@ OPENAPI = web.AppKey("openapi", dict[str, Any])
 KAFKA_BOOTSTRAP = web.AppKey("kafka_bootstrap", str)
 KEY_CACHE = web.AppKey("key_cache", ApiKeyCache)
 RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)
+INBOUND = web.AppKey("inbound", InboundReceiver)

@@ -32,6 +32,7 @@ TITLES = {
     "uri-too-long": "URI too long",
     "headers-too-large": "Request header fields too large",
     "rate-limited": "Too many requests",
+    "inbound-unmappable": "The delivery could not be mapped to a command",
 }
 
 

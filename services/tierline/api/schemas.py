@@ -77,6 +77,14 @@ class CloudEventOut(BaseModel):
         default=None,
         description="the issue's vendor (CloudEvents extension; absent on governance events)",
     )
+    inboundsource: str | None = Field(
+        default=None,
+        description="the inbound source whose webhook caused the event (absent otherwise)",
+    )
+    inbounddelivery: str | None = Field(
+        default=None,
+        description="the tool's delivery id of that webhook (absent otherwise)",
+    )
     data: dict[str, Any]
 
 

@@ -2,7 +2,9 @@
 
 Besides the core attributes, issue events carry the `vendorid` extension attribute: the vendor
 the issue belongs to, on every event of the issue, so consumers route and schedule from the log
-alone (ADR 0009). Governance events belong to no vendor and omit it.
+alone (ADR 0009). Governance events belong to no vendor and omit it. Events that an inbound
+webhook caused also carry `inboundsource` (the inbound source's id) and `inbounddelivery` (the
+tool's delivery id): their provenance (ADR 0011). Every other event omits both.
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ CONTENT_TYPE = "application/json"
 # CloudEvents extension names are lowercase alphanumeric; the Kafka binding prefixes `ce_`.
 VENDOR_ATTRIBUTE = "vendorid"
 VENDOR_HEADER = f"ce_{VENDOR_ATTRIBUTE}"
+SOURCE_ATTRIBUTE = "inboundsource"
+DELIVERY_ATTRIBUTE = "inbounddelivery"
+SOURCE_HEADER = f"ce_{SOURCE_ATTRIBUTE}"
+DELIVERY_HEADER = f"ce_{DELIVERY_ATTRIBUTE}"
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,8 @@ class LogEvent:
     traceparent: str | None = None
     # None on governance events, and on issue events published before the attribute existed.
     vendor_id: str | None = None
+    inbound_source: str | None = None
+    inbound_delivery: str | None = None
 
 
 def _iso(ts: datetime) -> str:
@@ -58,6 +66,9 @@ def to_kafka_record(event: StoredEvent) -> tuple[bytes, bytes, list[tuple[str, b
     ]
     if event.vendor_id is not None:
         headers.append((VENDOR_HEADER, event.vendor_id.encode()))
+    if event.inbound_source is not None and event.inbound_delivery is not None:
+        headers.append((SOURCE_HEADER, event.inbound_source.encode()))
+        headers.append((DELIVERY_HEADER, event.inbound_delivery.encode()))
     if event.traceparent:
         headers.append(("traceparent", event.traceparent.encode()))
     return event.stream_id.encode(), event.data_json.encode(), headers
@@ -76,6 +87,8 @@ def from_kafka_record(value: bytes, headers: list[tuple[str, bytes]]) -> LogEven
             data=orjson.loads(value),
             traceparent=attrs.get("traceparent"),
             vendor_id=attrs.get(VENDOR_HEADER),
+            inbound_source=attrs.get(SOURCE_HEADER),
+            inbound_delivery=attrs.get(DELIVERY_HEADER),
         )
     except (KeyError, orjson.JSONDecodeError) as exc:
         raise ValueError(f"not a Tierline CloudEvent: {exc}") from exc
@@ -89,8 +102,12 @@ def structured(
     time: datetime,
     data: Any,
     vendor_id: str | None = None,
+    origin: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The structured-mode JSON form (`application/cloudevents+json`)."""
+    """The structured-mode JSON form (`application/cloudevents+json`).
+
+    `origin` is the inbound source id and delivery id of an event an inbound webhook caused.
+    """
     document: dict[str, Any] = {
         "specversion": SPEC_VERSION,
         "id": str(event_id),
@@ -103,6 +120,8 @@ def structured(
     }
     if vendor_id is not None:
         document[VENDOR_ATTRIBUTE] = vendor_id
+    if origin is not None:
+        document[SOURCE_ATTRIBUTE], document[DELIVERY_ATTRIBUTE] = origin
     document["data"] = data
     return document
 
@@ -117,4 +136,10 @@ def stored_to_structured(event: StoredEvent) -> dict[str, Any]:
         event.time,
         json.loads(event.data_json),
         event.vendor_id,
+        origin_of(event.inbound_source, event.inbound_delivery),
     )
+
+
+def origin_of(source: str | None, delivery: str | None) -> tuple[str, str] | None:
+    """The (source, delivery) pair of an event's provenance, when it has one."""
+    return None if source is None or delivery is None else (source, delivery)

@@ -7,7 +7,7 @@ SELECT pg_try_advisory_lock($1)
 -- unpublished_events --
 -- The next batch of unpublished events, in position order
 SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
-    position
+    inbound_source, inbound_delivery, position
 FROM events WHERE published_at IS NULL ORDER BY position LIMIT $1
 
 -- mark_published --

@@ -21,6 +21,7 @@ from tierline.domain.issue import InvalidTransition, Issue, Rules, decide, evolv
 from tierline.service_layer.unit_of_work import (
     ExternalRef,
     NewEvent,
+    Origin,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -107,22 +108,27 @@ class IssueService:
         *,
         uow: UnitOfWork | None = None,
         traceparent: str | None = None,
+        origin: Origin | None = None,
     ) -> Outcome:
         """Open an issue, or return the existing one for a known external ref of its vendor."""
         if not principal.may_see(command.vendor_id):
             raise UnknownVendor(command.vendor_id)
         if uow is not None:  # the caller retries its whole unit of work on RetryUnitOfWork
-            return await self._open_in(uow, command, traceparent)
+            return await self._open_in(uow, command, traceparent, origin)
         for _ in range(RETRIES):
             try:
                 async with self.units() as own:
-                    return await self._open_in(own, command, traceparent)
+                    return await self._open_in(own, command, traceparent, origin)
             except RetryUnitOfWork:
                 continue
         raise RuntimeError("external ref kept racing")
 
     async def _open_in(
-        self, uow: UnitOfWork, command: c.OpenIssue, traceparent: str | None
+        self,
+        uow: UnitOfWork,
+        command: c.OpenIssue,
+        traceparent: str | None,
+        origin: Origin | None = None,
     ) -> Outcome:
         rules = await uow.rules_for(command.vendor_id)
         if rules is None:
@@ -135,7 +141,7 @@ class IssueService:
         issue_id = str(uuid.uuid4())
         now = self._clock()
         events = decide(None, command, now, rules)
-        issue = await self._append(uow, issue_id, None, events, now, traceparent)
+        issue = await self._append(uow, issue_id, None, events, now, traceparent, origin)
         if ref is not None and not await uow.issues.add_ref(
             *ref, ExternalRef(issue_id, command.vendor_id)
         ):
@@ -169,14 +175,17 @@ class IssueService:
         if_match: int | None = None,
         uow: UnitOfWork | None = None,
         traceparent: str | None = None,
+        origin: Origin | None = None,
     ) -> Outcome:
         """Run one command against an issue inside one unit of work."""
         if uow is None:
             async with self.units() as own:
                 return await self._execute_in(
-                    own, principal, issue_id, command, if_match, traceparent
+                    own, principal, issue_id, command, if_match, traceparent, origin
                 )
-        return await self._execute_in(uow, principal, issue_id, command, if_match, traceparent)
+        return await self._execute_in(
+            uow, principal, issue_id, command, if_match, traceparent, origin
+        )
 
     async def execute_many(
         self, commands: Sequence[tuple[str, c.Command]], *, principal: Principal = SYSTEM
@@ -208,6 +217,7 @@ class IssueService:
         command: c.Command,
         if_match: int | None,
         traceparent: str | None,
+        origin: Origin | None = None,
     ) -> Outcome:
         issue = await uow.issues.get_for_update(issue_id)
         if issue is None or not principal.may_see(issue.vendor_id):
@@ -221,7 +231,7 @@ class IssueService:
         events = decide(issue, command, now, rules)
         if not events:
             return Outcome(issue)
-        issue = await self._append(uow, issue_id, issue, events, now, traceparent)
+        issue = await self._append(uow, issue_id, issue, events, now, traceparent, origin)
         return Outcome(issue, tuple(events))
 
     async def _append(
@@ -232,6 +242,7 @@ class IssueService:
         events: list[Event],
         now: datetime,
         traceparent: str | None,
+        origin: Origin | None = None,
     ) -> Issue:
         expected = 0 if issue is None else issue.version
         state = issue
@@ -244,6 +255,7 @@ class IssueService:
             [NewEvent(ev.event_type(), ev.model_dump_json()) for ev in events],
             now,
             traceparent,
+            origin,
         )
         return state
 

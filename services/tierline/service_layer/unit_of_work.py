@@ -39,6 +39,14 @@ class NewEvent:
 
 
 @dataclass(frozen=True)
+class Origin:
+    """Where a command came from when not from an API call: an inbound source and delivery."""
+
+    source_id: str
+    delivery_id: str
+
+
+@dataclass(frozen=True)
 class ExternalRef:
     """Who registered an external ref: the issue and its vendor."""
 
@@ -71,6 +79,7 @@ class IssueStore(Protocol):
         events: list[NewEvent],
         time: datetime,
         traceparent: str | None,
+        origin: Origin | None = None,
     ) -> None:
         """Append events after `expected_version` and store `issue` as the new snapshot."""
 

@@ -11,6 +11,7 @@ import asyncpg
 
 # Re-exported: the write side appends the port's events and raises the port's conflict.
 from tierline.service_layer.unit_of_work import NewEvent as NewEvent
+from tierline.service_layer.unit_of_work import Origin
 from tierline.service_layer.unit_of_work import StreamVersionConflict as StreamVersionConflict
 from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn
@@ -38,11 +39,17 @@ class StoredEvent:
     traceparent: str | None
     # The issue's vendor (every event of an issue carries it); None on the governance stream.
     vendor_id: str | None = None
+    # The inbound source and the tool's delivery id, for events an inbound webhook caused.
+    inbound_source: str | None = None
+    inbound_delivery: str | None = None
 
 
 def stored_event(row: asyncpg.Record) -> StoredEvent:
     """A StoredEvent from a row that has (at least) its columns, by column name."""
-    return StoredEvent(**{field.name: row[field.name] for field in fields(StoredEvent)})
+    values = {field.name: row[field.name] for field in fields(StoredEvent)}
+    if values["inbound_source"] is not None:
+        values["inbound_source"] = str(values["inbound_source"])
+    return StoredEvent(**values)
 
 
 async def lock_head(conn: Conn, stream_id: str) -> StreamHead | None:
@@ -68,6 +75,7 @@ async def append_events(
     snapshot_json: str,
     time: datetime,
     traceparent: str | None = None,
+    origin: Origin | None = None,
 ) -> list[uuid.UUID]:
     """Append events after `expected_version` and store the new snapshot; returns the event ids."""
     ids = [uuid.uuid4() for _ in events]
@@ -88,6 +96,8 @@ async def append_events(
             snapshot_json,
             time,
             expected_version,
+            None if origin is None else uuid.UUID(origin.source_id),
+            None if origin is None else origin.delivery_id,
         )
     except asyncpg.UniqueViolationError as exc:
         raise StreamVersionConflict(stream_id, expected_version) from exc

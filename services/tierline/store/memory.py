@@ -30,6 +30,7 @@ class StoredEvent:
     data: dict[str, Any]
     time: datetime
     traceparent: str | None
+    origin: port.Origin | None = None
 
 
 @dataclass
@@ -94,6 +95,7 @@ class MemoryIssueStore:
         events: list[port.NewEvent],
         time: datetime,
         traceparent: str | None,
+        origin: port.Origin | None = None,
     ) -> None:
         """Stage events and the new snapshot, refusing a version that moved on."""
         current = await self.get(issue.id)
@@ -109,6 +111,7 @@ class MemoryIssueStore:
                     json.loads(event.data_json),
                     time,
                     traceparent,
+                    origin,
                 )
             )
         staged.heads[issue.id] = issue.model_dump_json()

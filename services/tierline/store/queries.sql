@@ -13,8 +13,9 @@ SELECT version, snapshot::text AS snapshot_json FROM streams WHERE stream_id = $
 -- One round trip: the events go in with their versions and the head moves with them
 WITH appended AS (
     INSERT INTO events
-        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent)
-    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3
+        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent,
+         inbound_source, inbound_delivery)
+    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3, $14, $15
     FROM unnest($4::uuid[], $5::int[], $6::text[], $7::timestamptz[], $8::text[])
         AS e(event_id, version, type, time, data)
     RETURNING 1
@@ -29,7 +30,8 @@ RETURNING version
 
 -- stream_events --
 -- Every event of one stream, in version order
-SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id
+SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
+    inbound_source, inbound_delivery
 FROM events WHERE stream_id = $1 ORDER BY version
 
 -- find_external_ref --

@@ -45,6 +45,7 @@ class PostgresIssueStore:
         events: list[port.NewEvent],
         time: datetime,
         traceparent: str | None,
+        origin: port.Origin | None = None,
     ) -> None:
         """Events and the new head in one statement (see `append_events` in store/queries.sql)."""
         await event_store.append_events(
@@ -57,6 +58,7 @@ class PostgresIssueStore:
             snapshot_json=issue.model_dump_json(),
             time=time,
             traceparent=traceparent,
+            origin=origin,
         )
 
     async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:

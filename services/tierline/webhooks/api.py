@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
-from datetime import datetime
 
 import structlog
 from aiohttp import web
 
 from tierline.api.idempotency import Rendered, answer_once
 from tierline.api.keys import POOL, SETTINGS, UNITS
+from tierline.api.paging import (
+    PAGE_QUERY,
+    VENDOR_PAGE_QUERY,
+    cut_page,
+    decode_cursor,
+    page_limit,
+    vendor_page,
+)
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     Query,
     RouteTable,
     json_response,
     principal,
-    query_int,
     read_model,
 )
 from tierline.service_layer.issues import Principal
@@ -45,31 +49,6 @@ RESOLVER: web.AppKey[Resolver] = web.AppKey("webhooks_resolver")
 READERS = ("admin", "integration", "vendor", "viewer")
 MANAGERS = ("admin", "integration", "vendor")
 STATUSES = ("pending", "failed", "delivered", "dead")
-MAX_LIMIT = 500
-LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 100}
-
-
-def encode_cursor(created_at: datetime, item_id: uuid.UUID) -> str:
-    """An opaque keyset cursor."""
-    raw = json.dumps([created_at.isoformat(), str(item_id)]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(request: web.Request) -> tuple[datetime, uuid.UUID] | None:
-    """The `cursor` query parameter, or a 422 problem when it is not one of ours."""
-    raw = request.query.get("cursor")
-    if not raw:
-        return None
-    try:
-        created, item = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-        return datetime.fromisoformat(created), uuid.UUID(item)
-    except (ValueError, TypeError):
-        raise Problem(
-            422,
-            "validation-failed",
-            "cursor is not valid",
-            errors=[{"pointer": "#/query/cursor", "field": "cursor", "detail": "invalid"}],
-        ) from None
 
 
 def _uuid_param(request: web.Request, name: str, what: str) -> uuid.UUID:
@@ -164,23 +143,13 @@ async def create_webhook(request: web.Request) -> web.Response:
     tag="webhooks",
     response=WebhookPage,
     roles=READERS,
-    query={
-        "vendor_id": "only this vendor's",
-        "limit": Query("page size", LIMIT_SCHEMA),
-        "cursor": "next_cursor of the previous page",
-    },
+    query=VENDOR_PAGE_QUERY,
     errors=(401, 422),
 )
 async def list_webhooks(request: web.Request) -> web.Response:
-    who = principal(request)
-    limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
-    vendor_id = who.vendor_id if who.role == "vendor" else request.query.get("vendor_id")
-    subs = await sub_store.list_subscriptions(
-        request.app[POOL], vendor_id=vendor_id, after=decode_cursor(request), limit=limit + 1
+    subs, cursor = await vendor_page(
+        request, request.app[POOL], sub_store.list_subscriptions, lambda s: (s.created_at, s.id)
     )
-    more = len(subs) > limit
-    subs = subs[:limit]
-    cursor = encode_cursor(subs[-1].created_at, subs[-1].id) if more else None
     return json_response(WebhookPage(items=[WebhookOut.of(s) for s in subs], next_cursor=cursor))
 
 
@@ -277,14 +246,13 @@ async def rotate_webhook_secret(request: web.Request) -> web.Response:
             {"type": "string", "enum": ["pending", "failed", "delivered", "dead"]},
         ),
         "event_id": Query("only the delivery of this event", {"type": "string", "format": "uuid"}),
-        "limit": Query("page size", LIMIT_SCHEMA),
-        "cursor": "next_cursor of the previous page",
+        **PAGE_QUERY,
     },
     errors=(401, 404, 422),
 )
 async def list_webhook_deliveries(request: web.Request) -> web.Response:
     sub = await _visible_subscription(request)
-    limit = query_int(request, "limit", 100, 1, MAX_LIMIT)
+    limit = page_limit(request)
     status = request.query.get("status")
     if status is not None and status not in STATUSES:
         raise Problem(
@@ -303,10 +271,8 @@ async def list_webhook_deliveries(request: web.Request) -> web.Response:
         before=decode_cursor(request),
         limit=limit + 1,
     )
-    more = len(found) > limit
-    found = found[:limit]
+    found, cursor = cut_page(found, limit, lambda d: (d.created_at, d.id))
     attempts = await delivery_store.attempts_of(pool, [d.id for d in found])
-    cursor = encode_cursor(found[-1].created_at, found[-1].id) if more else None
     items = [DeliveryOut.of(d, attempts[d.id]) for d in found]
     return json_response(DeliveryPage(items=items, next_cursor=cursor))
 

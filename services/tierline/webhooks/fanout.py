@@ -11,7 +11,7 @@ import asyncpg
 import structlog
 
 from tierline.domain.events import Opened
-from tierline.eventlog.cloudevents import LogEvent, structured
+from tierline.eventlog.cloudevents import LogEvent, origin_of, structured
 from tierline.webhooks import metrics
 from tierline.webhooks.deliveries import EventBody, fan_out
 
@@ -31,6 +31,7 @@ def event_body(event: LogEvent) -> EventBody:
         event.time,
         event.data,
         event.vendor_id,
+        origin_of(event.inbound_source, event.inbound_delivery),
     )
     if event.traceparent:
         # CloudEvents distributed-tracing extension: the receiver can join the trace.

@@ -54,6 +54,16 @@ class StoredSecrets(NamedTuple):
     previous_secret: str | None
 
 
+class SecretQueries(NamedTuple):
+    """The SQL that pages through a table's sealed secrets and writes them back re-sealed."""
+
+    page: str
+    write: str
+
+
+WEBHOOK_SECRETS = SecretQueries(QUERIES["secrets_page"], QUERIES["reseal_secrets"])
+
+
 def _subscription(row: asyncpg.Record) -> Subscription:
     return Subscription(**dict(row))
 
@@ -153,11 +163,14 @@ async def update_subscription(
 
 
 async def _write_resealed(
-    conn: Conn, rows: list[StoredSecrets], resealed: list[tuple[str, str | None]]
+    conn: Conn,
+    rows: list[StoredSecrets],
+    resealed: list[tuple[str, str | None]],
+    queries: SecretQueries = WEBHOOK_SECRETS,
 ) -> None:
     if rows:
         await conn.execute(
-            QUERIES["reseal_secrets"],
+            queries.write,
             [r.id for r in rows],
             [r.secret for r in rows],
             [n[0] for n in resealed],
@@ -200,14 +213,20 @@ async def count_subscriptions(conn: Conn) -> int:
 
 
 async def reseal_secrets_page(
-    conn: Conn, box: SecretBox, *, after: uuid.UUID | None, limit: int
+    conn: Conn,
+    box: SecretBox,
+    *,
+    after: uuid.UUID | None,
+    limit: int,
+    queries: SecretQueries = WEBHOOK_SECRETS,
 ) -> tuple[int, uuid.UUID | None, list[uuid.UUID]]:
-    """Re-seal one page of subscriptions under the newest key (plaintext ones too).
+    """Re-seal one page of subscriptions (or, with other `queries`, inbound sources) under the
+    newest key, plaintext ones too.
 
     Returns how many rows the page held, the cursor for the next page (None at the end) and the
-    subscriptions whose secrets no key opens (left as they are).
+    rows whose secrets no key opens (left as they are).
     """
-    rows = _stored_secrets(await conn.fetch(QUERIES["secrets_page"], after, limit))
+    rows = _stored_secrets(await conn.fetch(queries.page, after, limit))
     done: list[StoredSecrets] = []
     resealed: list[tuple[str, str | None]] = []
     unreadable: list[uuid.UUID] = []
@@ -221,6 +240,6 @@ async def reseal_secrets_page(
             unreadable.append(sub_id)
             continue
         done.append(row)
-    await _write_resealed(conn, done, resealed)
+    await _write_resealed(conn, done, resealed, queries)
     cursor = rows[-1].id if len(rows) == limit else None
     return len(rows), cursor, unreadable
