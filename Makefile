@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-write bench-projector bench-sla bench-webhooks schemas clean
+.PHONY: run test browser lint format bench bench-write bench-projector bench-sla bench-webhooks schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/tierline dev --demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Chromium for the board's browser tests, from the distribution (deploy/browser/).
+browser:
+	bash deploy/browser/ensure-chromium.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests bench

@@ -69,7 +69,7 @@ def _nice_top(values: Sequence[float], unit: str) -> float:
         return 100.0
     if top <= 0:
         return 1.0
-    for nice in (1, 2, 4, 5, 8, 10, 20, 25, 40, 50, 80, 100, 200, 250, 500, 1000):
+    for nice in (1, 2, 4, 8, 12, 16, 20, 40, 60, 80, 100, 120, 200, 400, 800, 1000, 2000):
         if top <= nice:
             return float(nice)
     return float(top)
@@ -100,6 +100,29 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], unit: 
         )
         body.append(_label(LEFT + slot * (i + 0.5), label))
     desc = "; ".join(f"{lab}: {_fmt(v, unit)}" for lab, v in zip(labels, values, strict=True))
+    return _frame(title, desc, body)
+
+
+def hbar_chart(title: str, labels: Sequence[str], values: Sequence[float]) -> Markup:
+    """Horizontal bars, for long labels (categories); empty data says so."""
+    if not values:
+        return _frame(title, "No data in this period.", [_empty()])
+    top = max(values) or 1
+    label_w, row_h = 170, (HEIGHT - TOP - 8) / len(values)
+    bar_w = WIDTH - LEFT - RIGHT - label_w
+    body = []
+    for i, (label, value) in enumerate(zip(labels, values, strict=True)):
+        y = TOP + row_h * i
+        w = bar_w * value / top
+        body.append(
+            f'<text x="{label_w - 6}" y="{y + row_h * 0.65:.1f}" text-anchor="end" font-size="12" '
+            f'fill="{INK}">{escape(label)}</text>'
+            f'<rect x="{label_w}" y="{y + row_h * 0.15:.1f}" width="{w:.1f}" '
+            f'height="{row_h * 0.7:.1f}" fill="{COLOURS[0]}"/>'
+            f'<text x="{label_w + w + 4:.1f}" y="{y + row_h * 0.65:.1f}" font-size="12" '
+            f'fill="{INK}">{escape(_fmt(value, ""))}</text>'
+        )
+    desc = "; ".join(f"{lab}: {_fmt(v, '')}" for lab, v in zip(labels, values, strict=True))
     return _frame(title, desc, body)
 
 

@@ -275,7 +275,7 @@ async def _figures(
             [charts.Series("MTTA", mtta), charts.Series("MTTR", mttr)],
             "h",
         ),
-        "categories": charts.bar_chart(
+        "categories": charts.hbar_chart(
             "Breaches by category",
             [r["category"].replace("_", " ") for r in series.breaches_by_category],
             [r["count"] for r in series.breaches_by_category],

@@ -17,9 +17,11 @@ from __future__ import annotations
 import base64
 import hmac
 import secrets
+import warnings
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from aiohttp.web_exceptions import NotAppKeyWarning
 from aiohttp_session import Session, get_session, new_session
 from aiohttp_session import session_middleware as _session_middleware
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
@@ -31,6 +33,10 @@ from tierline import secretbox
 from tierline.config import Settings
 from tierline.service_layer.issues import Principal
 from tierline.store.api_keys import hash_key
+
+# aiohttp-session stores the session under a plain string request key; aiohttp warns about
+# that once per process, which says nothing to an operator.
+warnings.filterwarnings("ignore", category=NotAppKeyWarning, module="aiohttp_session")
 
 COOKIE = "tierline_board"
 CSRF_FIELD = "csrf_token"
