@@ -41,6 +41,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures import infra
+from tests.fixtures.board import BoardSession
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 from tests.fixtures.tenants import Receiver, Tenant, call, leaked, receiver_running, seed_tenant
 from tierline.api.app import all_routes
@@ -746,35 +747,6 @@ def board_pages() -> list[Any]:
     return list(routes().pages)
 
 
-class BoardSession:
-    """A browser-like client: a cookie jar, a session signed in with a key (or none), its token."""
-
-    def __init__(self, base_url: str) -> None:
-        self.http = aiohttp.ClientSession(
-            base_url, cookie_jar=aiohttp.CookieJar(unsafe=True)
-        )  # unsafe: cookies for 127.0.0.1
-        self.csrf = ""
-
-    async def start(self, key: str | None) -> BoardSession:
-        async with self.http.get("/board/signin") as resp:
-            self.csrf = CSRF_TOKEN.search(await resp.text())[1]  # type: ignore[index]
-        if key is not None:
-            form = {"csrf_token": self.csrf, "api_key": key, "next": "/board/"}
-            async with self.http.post("/board/signin", data=form, allow_redirects=False) as resp:
-                assert resp.status == 303, await resp.text()
-            async with self.http.get("/board/") as resp:
-                self.csrf = CSRF_TOKEN.search(await resp.text())[1]  # type: ignore[index]
-        return self
-
-    async def send(self, method: str, path: str, form: dict[str, str] | None) -> Answer:
-        data = None if form is None else {"csrf_token": self.csrf, **form}
-        async with self.http.request(method, path, data=data, allow_redirects=False) as resp:
-            text = await resp.text()
-            headers = "\n".join(f"{k}: {v}" for k, v in resp.headers.items())
-            return Answer(resp.status, text, headers)
-
-
-CSRF_TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 PAGE_TITLE = re.compile(r"<h1>(.*?)</h1>", re.S)
 
 
@@ -827,7 +799,7 @@ def twin_board(params: dict[str, str], request: Request) -> Request | None:
 
 async def board_check(http: BoardSession, case: Case, secrets: dict[str, str]) -> list[str]:
     """What is wrong with one board answer (nothing, when it holds)."""
-    answer = await http.send(case.request.method, case.request.path, case.request.body)
+    answer = Answer(*await http.send(case.request.method, case.request.path, case.request.body))
     wrong = []
     if answer.status != case.status:
         wrong.append(f"expected {case.status}, got {answer.status}: {answer.text[:200]}")
@@ -838,7 +810,7 @@ async def board_check(http: BoardSession, case: Case, secrets: dict[str, str]) -
         if found:
             wrong.append("leaked " + ", ".join(found))
     if case.twin is not None:
-        other = await http.send(case.twin.method, case.twin.path, case.twin.body)
+        other = Answer(*await http.send(case.twin.method, case.twin.path, case.twin.body))
         mine, theirs = PAGE_TITLE.findall(answer.text), PAGE_TITLE.findall(other.text)
         if (answer.status, mine) != (other.status, theirs):
             wrong.append(
@@ -900,7 +872,7 @@ async def test_no_vendor_sees_another_vendors_data_on_the_board(
                             f"{principal:<11} {page.method} {page.path} [{case.name}]: {problem}"
                         )
         finally:
-            await session.http.close()
+            await session.close()
     async with stack.client() as admin:
         after = await snapshot(admin, world)
     failures += [f"state changed: {part}" for part, was in before.items() if after[part] != was]
