@@ -21,9 +21,8 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
 from tests.conftest import CI
-from tests.fixtures import infra
 from tests.fixtures.browser import axe_violations, launch_chromium, new_context, sign_in
-from tests.fixtures.stack import Stack, running_stack, stack_settings
+from tests.fixtures.stack import Stack, stack_on_own_database
 from tierline.devstack.demo import VENDORS
 from tierline.devstack.demo_history import seed_history
 
@@ -34,17 +33,14 @@ WAIT_MS = 15_000
 @pytest.fixture(scope="module")
 async def board_stack(pg_admin_dsn: str, tansu: str) -> AsyncIterator[Stack]:
     """All roles on a database seeded with the demo history; the overview refreshes fast."""
-    name = await infra.clone_database(pg_admin_dsn)
-    url = infra.with_database(pg_admin_dsn, name)
-    await seed_history(url, VENDORS)
-    settings = stack_settings(
-        url, tansu, f"test.{uuid.uuid4().hex[:12]}", board_refresh_seconds=0.5
-    )
-    try:
-        async with running_stack(settings) as stack:
-            yield stack
-    finally:
-        await infra.drop_database(pg_admin_dsn, name)
+
+    async def demo_history(database_url: str) -> int:
+        return await seed_history(database_url, VENDORS)
+
+    async with stack_on_own_database(
+        pg_admin_dsn, tansu, seed=demo_history, board_refresh_seconds=0.5
+    ) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

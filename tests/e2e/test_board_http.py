@@ -4,16 +4,14 @@ types, hostile form and query input, rate limits. The browser flows are in tests
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.fixtures import infra
 from tests.fixtures.board import BoardSession, csrf_in
-from tests.fixtures.stack import Stack, running_stack, stack_settings
+from tests.fixtures.stack import Stack, stack_on_own_database
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
 RATE, BURST = 5, 40
@@ -22,23 +20,13 @@ RATE, BURST = 5, 40
 @pytest.fixture(scope="module")
 async def stack(pg_admin_dsn: str, tansu: str) -> AsyncIterator[Stack]:
     """All roles, rate limits on (each test signs in with keys of its own)."""
-    name = await infra.clone_database(pg_admin_dsn)
-    settings = stack_settings(
-        infra.with_database(pg_admin_dsn, name),
-        tansu,
-        f"test.{uuid.uuid4().hex[:12]}",
-        rate_limit_rps=RATE,
-        rate_limit_burst=BURST,
-    )
-    try:
-        async with running_stack(settings) as running:
-            async with running.client() as admin:
-                body = {"id": "acme", "name": "Acme", "timezone": "Europe/Berlin"}
-                async with admin.post("/v1/vendors", json=body) as resp:
-                    assert resp.status == 201
-            yield running
-    finally:
-        await infra.drop_database(pg_admin_dsn, name)
+    overrides = {"rate_limit_rps": RATE, "rate_limit_burst": BURST}
+    async with stack_on_own_database(pg_admin_dsn, tansu, **overrides) as running:
+        async with running.client() as admin:
+            body = {"id": "acme", "name": "Acme", "timezone": "Europe/Berlin"}
+            async with admin.post("/v1/vendors", json=body) as resp:
+                assert resp.status == 201
+        yield running
 
 
 async def api(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
