@@ -217,3 +217,17 @@ async def test_pages_carry_a_strict_content_security_policy(board: BoardSession)
     assert "Content-Security-Policy: default-src 'none'; script-src 'self'" in headers
     assert "Cache-Control: no-store" in headers
     assert "<script>" not in text and " style=" not in text
+
+
+async def test_the_live_overview_leaves_the_message_for_the_page_it_was_meant_for(
+    stack: Stack, board: BoardSession
+) -> None:
+    issue_id = await new_issue(stack)
+    path = f"/board/issues/{issue_id}"
+    status, _, headers = await board.send("POST", f"{path}/acknowledge", {"version": "1"})
+    assert status == 303 and f"Location: {path}" in headers
+    assert (await board.send("GET", "/board/live/overview"))[0] == 200  # another tab polls
+    status, text, _ = await board.send("GET", path)
+    assert status == 200 and "Acknowledged." in text
+    status, text, _ = await board.send("GET", path)
+    assert "Acknowledged." not in text, "a message is shown once"

@@ -199,7 +199,8 @@ async def overview(request: web.Request) -> web.StreamResponse:
 @board.page("GET", "/board/live/overview", roles=READERS)
 async def overview_live(request: web.Request) -> web.StreamResponse:
     """The overview's figures alone, fetched every few seconds by board.js."""
-    return await render(request, "overview_live.html", await _overview_context(request))
+    context = await _overview_context(request)
+    return await render(request, "overview_live.html", context, fragment=True)
 
 
 # --- vendors --------------------------------------------------------------------------------

@@ -76,14 +76,23 @@ def duration(seconds: float | None) -> str:
 
 
 async def render(
-    request: web.Request, template: str, context: dict[str, Any], status: int = 200
+    request: web.Request,
+    template: str,
+    context: dict[str, Any],
+    status: int = 200,
+    *,
+    fragment: bool = False,
 ) -> web.Response:
-    """A full page, with the signed-in key, the CSRF token and any flash message."""
+    """A page with the signed-in key, the CSRF token and any flash message.
+
+    A fragment (the overview's live part, fetched in the background) leaves the flash message
+    for the page it was meant for.
+    """
     base = {
         "who": request.get(session.BOARD_PRINCIPAL),
         "csrf": await session.csrf_token(request),
         "csrf_field": session.CSRF_FIELD,
-        "flash": await session.take_flash(request),
+        "flash": None if fragment else await session.take_flash(request),
         "now": datetime.now(UTC),
         "path": request.path,
     }
