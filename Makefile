@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test drill lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks schemas clean
+.PHONY: run test browser drill lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,13 +18,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/tierline dev --demo
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The fault drill of the production shape (bench/drill.py): each fault on its own run, then
 # all in one; figures in bench/results/drill.json. `make test` runs the short drill.
 drill: $(STAMP)
 	$(BIN)/python -m bench.drill
+
+# Chromium for the board's browser tests, from the distribution (deploy/browser/).
+browser:
+	bash deploy/browser/ensure-chromium.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check services tests bench

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     # Roles other than the API serve /metrics and /healthz here (0 = off).
     metrics_port: int = 9100
     public_base_url: str | None = None
+    # The board's session cookie (/board/): lifetime, and how often the overview refreshes.
+    # The cookie is Secure when public_base_url is https (the board sits behind TLS).
+    board_session_seconds: int = Field(default=8 * 3600, ge=60)
+    board_refresh_seconds: float = Field(default=3.0, gt=0)
     bootstrap_admin_key: str | None = None
     # Fernet keys, comma-separated, newest first: encrypts webhook signing secrets at rest
     # (tierline/secretbox.py, docs/adr/0007). The api and webhooks roles refuse to start without.

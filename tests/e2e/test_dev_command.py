@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -228,3 +229,60 @@ def test_keys_create_without_a_database_says_so_in_one_line(tmp_path: Path) -> N
     assert done.returncode == 1
     assert "cannot reach PostgreSQL" in done.stderr and "Traceback" not in done.stderr
     assert "hunter2" not in done.stderr
+
+
+def _wait_for(probe: Any, what: str, seconds: float = 60.0) -> Any:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_dev_demo_prints_the_board_and_its_history_fills_every_chart(tmp_path: Path) -> None:
+    """`make run`: the banner names the board; weeks of demo history feed each vendor's charts."""
+    data_dir = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERLINE_")}
+    env["TIERLINE_BOOTSTRAP_ADMIN_KEY"] = KEY
+    proc, info, out, _ = _run_dev(data_dir, ["--demo", "--port", "0"], env)
+    try:
+        api = info["api_url"]
+        banner = _wait_for(lambda: "Board" in out.read_text() and out.read_text(), "the banner")
+        assert f"Board      {api}/board/" in banner
+        with urllib.request.urlopen(f"{api}/board/signin", timeout=10) as resp:
+            assert resp.status == 200 and b"API key" in resp.read()
+
+        since = date.today() - timedelta(days=60)
+
+        def figures() -> dict[str, Any] | None:
+            cards = {}
+            for vendor in ("acme-it", "globex", "initech"):
+                card = call(f"{api}/v1/vendors/{vendor}/scorecard?from={since}")
+                if card["opened"] < 15:  # the read models are still catching up
+                    return None
+                cards[vendor] = card
+            return cards
+
+        cards = _wait_for(figures, "the demo history in the read models")
+        for vendor, card in cards.items():
+            weeks = {date.fromisoformat(d["day"]).isocalendar()[:2] for d in card["daily"]}
+            assert len(weeks) >= 4, f"{vendor}: history spans {len(weeks)} weeks"
+            assert card["breaches"]["total"] > 0 and card["resolved"] > 0, vendor
+            assert card["mtta_seconds"] and card["mttr_seconds"], vendor
+            assert 0 < card["sla_compliance"] < 1, vendor
+            assert {"2", "3"} <= set(card["escalations_by_tier"]), vendor
+        issues = len(call(f"{api}/v1/issues?limit=500")["items"])
+    finally:
+        stop_dev(proc)
+    proc, info, _, _ = _run_dev(data_dir, ["--demo", "--port", "0"], env)
+    try:
+        again = _wait_for(
+            lambda: len(call(f"{info['api_url']}/v1/issues?limit=500")["items"]), "issues"
+        )
+        assert again == issues, "a second start seeded the history again"
+    finally:
+        stop_dev(proc)

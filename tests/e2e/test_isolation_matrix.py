@@ -41,6 +41,7 @@ import aiohttp
 import pytest
 
 from tests.fixtures import inbound, infra
+from tests.fixtures.board import BoardSession
 from tests.fixtures.stack import Stack, running_stack, stack_settings
 from tests.fixtures.tenants import (
     Receiver,
@@ -755,3 +756,200 @@ async def test_webhooks_deliver_only_their_vendors_events(
     assert received, "A's endpoints received A's events"
     for body in received:
         assert not leaked(b.secrets, "", body.decode()), "A's endpoint received B's data"
+
+
+# --- the board (/board/): the same rules through session cookies ------------------------------
+#
+# Board pages sign in with a key once and then carry a session cookie; their forms carry the
+# session's CSRF token. Each board route is called with a session of A's vendor key, of a
+# viewer and of an integration key, and without a session: A sees B's issues and vendor pages
+# as missing (404, like a ghost id), gets B's issue actions refused with 404, and finds none of
+# B's strings on the overview, its live part or the vendor list; viewers get 403 for every
+# action; anonymous GETs are sent to the sign-in page and anonymous POSTs answer 401. A route
+# missing from BOARD_MATRIX fails `test_every_board_route_is_in_the_matrix`.
+
+
+@dataclass(frozen=True)
+class BoardEntry:
+    """How the matrix calls one board route: who may, the form it posts, extra vendor cases."""
+
+    roles: frozenset[str] | None  # None: anyone, signed in or not
+    form: dict[str, str] | None = None  # POST fields besides the CSRF token
+    params: dict[str, str] | None = None  # fixed path parameters (else B's objects)
+    vendor: Callable[[World], list[tuple[str, str, int]]] | None = None  # (name, path, status)
+
+
+def _board_actions() -> dict[tuple[str, str], BoardEntry]:
+    from tierline.board.issues import ACTIONS
+
+    fields = {"note": "seen", "body": "intruder", "reason": "intruder", "resolution": "intruder"}
+    return {
+        ("POST", f"/board/issues/{{issue_id}}/{a.command.route}"): BoardEntry(
+            WRITERS, form={"version": "1", **({a.field: fields[a.field]} if a.field else {})}
+        )
+        for a in ACTIONS
+    }
+
+
+def _filtered_overview(w: World) -> list[tuple[str, str, int]]:
+    b = w.victim.vendor_id
+    return [
+        ("overview, vendor=B", f"/board/?vendor={b}", 422),
+        ("live overview, vendor=B", f"/board/live/overview?vendor={b}", 422),
+    ]
+
+
+BOARD_MATRIX: dict[tuple[str, str], BoardEntry] = {
+    ("GET", "/board"): BoardEntry(None),
+    ("GET", "/board/static/{name}"): BoardEntry(None, params={"name": "board.css"}),
+    ("GET", "/board/signin"): BoardEntry(None),
+    ("POST", "/board/signin"): BoardEntry(None, form={"api_key": "tl_not-a-key"}),
+    ("POST", "/board/signout"): BoardEntry(ALL_ROLES, form={}),
+    ("GET", "/board/"): BoardEntry(ALL_ROLES, vendor=_filtered_overview),
+    ("GET", "/board/live/overview"): BoardEntry(ALL_ROLES),
+    ("GET", "/board/vendors"): BoardEntry(ALL_ROLES),
+    ("GET", "/board/vendors/{vendor_id}"): BoardEntry(ALL_ROLES),
+    ("GET", "/board/vendors/{vendor_id}/report"): BoardEntry(ALL_ROLES),
+    ("GET", "/board/issues/{issue_id}"): BoardEntry(ALL_ROLES),
+    **_board_actions(),
+}
+
+
+def board_pages() -> list[Any]:
+    from tierline.board import routes
+
+    return list(routes().pages)
+
+
+PAGE_TITLE = re.compile(r"<h1>(.*?)</h1>", re.S)
+
+
+def board_cases(principal: str, method: str, path: str, world: World) -> list[Case]:
+    """What one principal's call of one board route must answer."""
+    entry = BOARD_MATRIX[(method, path)]
+    names = PARAM.findall(path)
+    targets = [entry.params or {}]
+    if names and entry.params is None:
+        (name,) = names
+        targets = [{name: value} for value in PARAMS[name](world.victim)]
+    aimed = [(t, Request(method, path.format(**t), entry.form)) for t in targets]
+    if entry.roles is None:
+        return [Case("public", r, public_status(principal, method, path)) for _, r in aimed]
+    if principal == "anonymous":
+        status = 303 if method == "GET" else 401
+        return [Case("no session", r, status, twin=twin_board(t, r)) for t, r in aimed]
+    if principal not in entry.roles:
+        return [Case("refused role", r, 403, twin=twin_board(t, r)) for t, r in aimed]
+    if principal != "vendor":
+        return [Case("read", r, 200, search=False) for _, r in aimed if method == "GET"]
+    if method == "POST" and not names:
+        return []  # signing out is A's own business
+    found = [
+        Case(f"B's {t}" if t else "read", r, 404 if t else 200, twin=twin_board(t, r))
+        for t, r in aimed
+    ]
+    if entry.vendor is not None:
+        found += [Case(name, Request("GET", p), status) for name, p, status in entry.vendor(world)]
+    return found
+
+
+def public_status(principal: str, method: str, path: str) -> int:
+    """Public routes: /board and the signed-in sign-in page redirect; a wrong key is 401."""
+    if method == "POST":
+        return 401  # the form's key is not a key
+    if path == "/board" or (path == "/board/signin" and principal != "anonymous"):
+        return 303
+    return 200
+
+
+def twin_board(params: dict[str, str], request: Request) -> Request | None:
+    if not params:
+        return None
+    path = request.path
+    for value in params.values():
+        path = path.replace(value, ghost(value))
+    return Request(request.method, path, request.body)
+
+
+async def board_check(http: BoardSession, case: Case, secrets: dict[str, str]) -> list[str]:
+    """What is wrong with one board answer (nothing, when it holds)."""
+    answer = Answer(*await http.send(case.request.method, case.request.path, case.request.body))
+    wrong = []
+    if answer.status != case.status:
+        wrong.append(f"expected {case.status}, got {answer.status}: {answer.text[:200]}")
+    if answer.status >= 500:
+        wrong.append("a 5xx")
+    if case.search:
+        found = leaked(secrets, case.request.sent(), answer.text + "\n" + answer.headers)
+        if found:
+            wrong.append("leaked " + ", ".join(found))
+    if case.twin is not None:
+        other = Answer(*await http.send(case.twin.method, case.twin.path, case.twin.body))
+        mine, theirs = PAGE_TITLE.findall(answer.text), PAGE_TITLE.findall(other.text)
+        if (answer.status, mine) != (other.status, theirs):
+            wrong.append(
+                f"tells B's object from a missing one: {answer.status} {mine} vs "
+                f"{other.status} {theirs}"
+            )
+    return wrong
+
+
+def test_every_board_route_is_in_the_matrix() -> None:
+    """A board route without an entry, or whose roles differ from the entry's, fails."""
+    wrong = []
+    served = set()
+    for page in board_pages():
+        route = (page.method, page.path)
+        served.add(route)
+        entry = BOARD_MATRIX.get(route)
+        if entry is None:
+            wrong.append(f"{page.method} {page.path}: not in BOARD_MATRIX")
+            continue
+        if page.roles != entry.roles:
+            wrong.append(f"{page.method} {page.path}: grants {page.roles}, matrix {entry.roles}")
+        if page.method == "POST" and entry.form is None:
+            wrong.append(f"{page.method} {page.path}: give a valid form")
+        viewer_writes = entry.roles is not None and "viewer" in entry.roles
+        if page.method != "GET" and viewer_writes and page.path != "/board/signout":
+            wrong.append(f"{page.method} {page.path}: a write granted to viewer keys")
+    wrong += [
+        f"{m} {p}: in BOARD_MATRIX but not served" for m, p in BOARD_MATRIX if (m, p) not in served
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+async def test_no_vendor_sees_another_vendors_data_on_the_board(
+    isolation_stack: tuple[Stack, Receiver], world: World
+) -> None:
+    """Every board route, every principal; B's objects unchanged afterwards."""
+    stack, _ = isolation_stack
+    b = world.victim
+    keys: dict[str, str | None] = {
+        "vendor": world.intruder.key,
+        "viewer": await stack.new_key("viewer"),
+        "integration": await stack.new_key("integration"),
+        "anonymous": None,
+    }
+    async with stack.client() as admin:
+        before = await snapshot(admin, world)
+    failures: list[str] = []
+    cases = requests = 0
+    for principal in PRINCIPALS:
+        session = await BoardSession(stack.api_url).start(keys[principal])
+        try:
+            for page in sorted(board_pages(), key=lambda p: p.path == "/board/signout"):
+                for case in board_cases(principal, page.method, page.path, world):
+                    cases += 1
+                    requests += 1 + (case.twin is not None)
+                    for problem in await board_check(session, case, b.secrets):
+                        failures.append(
+                            f"{principal:<11} {page.method} {page.path} [{case.name}]: {problem}"
+                        )
+        finally:
+            await session.close()
+    async with stack.client() as admin:
+        after = await snapshot(admin, world)
+    failures += [f"state changed: {part}" for part, was in before.items() if after[part] != was]
+    size = f"{len(board_pages())} board routes x {len(PRINCIPALS)} principals, {cases} cases"
+    print(f"board isolation matrix: {size}, {requests} requests, {len(failures)} failures")
+    assert not failures, f"{size}; failures:\n" + "\n".join(failures)

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.web_urldispatcher import MatchInfoError
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 
+from tierline import board
 from tierline.api import admin, issues
 from tierline.api.hardening import check_request
 from tierline.api.key_cache import ApiKeyCache
@@ -32,9 +33,10 @@ from tierline.api.keys import (
 )
 from tierline.api.openapi import build_openapi
 from tierline.api.problems import Problem, problem_response
-from tierline.api.ratelimit import RateLimiter
+from tierline.api.ratelimit import RateLimiter, within_limit
 from tierline.api.registry import PRINCIPAL_KEY, Handler, RouteTable, json_response
 from tierline.api.schemas import Health
+from tierline.board.session import session_middleware
 from tierline.config import Settings
 from tierline.eventlog.kafka import kafka_ready
 from tierline.inbound import api as inbound_api
@@ -218,6 +220,8 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     nothing about what else is wrong with its request. Unmatched paths are 404/405 for all.
     """
     match_info = request.match_info
+    if getattr(match_info.handler, "tierline_board", False):
+        return await handler(request)  # the board authenticates its own sessions (board/pages.py)
     public = getattr(match_info.handler, "tierline_public", False) or isinstance(
         match_info, MatchInfoError
     )
@@ -234,33 +238,19 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if found is None:
         raise Problem(401, "unauthenticated", "unknown or revoked API key")
     request[PRINCIPAL_KEY] = Principal(str(found.id), found.role, found.vendor_id)
-    limiter = request.app[RATE_LIMITER]
-    if not limiter.enabled:
+
+    async def proceed() -> web.StreamResponse:
         check_request(request)
         return await handler(request)
-    decision = limiter.take(str(found.id))
-    if not decision.allowed:
-        raise Problem(
-            429,
-            "rate-limited",
-            f"this key may make {limiter.rate:g} requests per second "
-            f"(bursts of {limiter.burst}); retry after {decision.reset_seconds}s",
-            headers=decision.headers,
-        )
-    try:
-        check_request(request)
-        response = await handler(request)
-    except Problem as problem:
-        problem.headers = {**decision.headers, **problem.headers}
-        raise
-    response.headers.update(decision.headers)
-    return response
+
+    return await within_limit(request.app[RATE_LIMITER], str(found.id), proceed)
 
 
 def create_app(settings: Settings, *, kafka_bootstrap: str | None = None) -> web.Application:
     """The API application; resources are opened and closed through `cleanup_ctx`."""
     app = web.Application(
-        middlewares=[context_middleware, auth_middleware],
+        # Sessions sit outside auth: the board's guard reads them (API requests never do).
+        middlewares=[context_middleware, session_middleware(settings), auth_middleware],
         client_max_size=settings.api_max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -269,6 +259,7 @@ def create_app(settings: Settings, *, kafka_bootstrap: str | None = None) -> web
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_rps, settings.rate_limit_burst)
     for table in all_routes():
         table.install(app)
+    board.install(app)
     app.cleanup_ctx.append(_resources)
     return app
 

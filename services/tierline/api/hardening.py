@@ -121,6 +121,22 @@ def _is_json(content_type: str) -> bool:
 
 def check_request(request: web.Request) -> None:
     """Everything about a request but its body: URL, headers, parameters, media type."""
+    check_request_head(request)
+    check_body_encoding(request)
+    if (
+        request.method in BODY_METHODS
+        and request.body_exists
+        and not _is_json(request.content_type)
+    ):
+        raise Problem(
+            415,
+            "unsupported-media-type",
+            f"send the body as application/json, not {request.content_type[:60]!r}",
+        )
+
+
+def check_request_head(request: web.Request) -> None:
+    """URL, headers, path and query parameters (the part every route shares, the board too)."""
     if len(request.raw_path.encode("utf-8", "surrogateescape")) > MAX_URL_BYTES:
         raise Problem(414, "uri-too-long", f"the URL is longer than {MAX_URL_BYTES} bytes")
     total = 0
@@ -158,6 +174,10 @@ def check_request(request: web.Request) -> None:
                     {"pointer": f"#/query/{name_shown}", "field": name_shown, "detail": reason}
                 ],
             )
+
+
+def check_body_encoding(request: web.Request) -> None:
+    """A body, if any, must come unencoded (no gzip bombs, nothing to decompress)."""
     if request.method in BODY_METHODS and request.body_exists:
         encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
@@ -166,12 +186,6 @@ def check_request(request: web.Request) -> None:
                 "unsupported-content-encoding",
                 f"Content-Encoding {encoding[:40]!r} is not supported; send the body unencoded",
                 headers={"Accept-Encoding": "identity"},
-            )
-        if not _is_json(request.content_type):
-            raise Problem(
-                415,
-                "unsupported-media-type",
-                f"send the body as application/json, not {request.content_type[:60]!r}",
             )
 
 

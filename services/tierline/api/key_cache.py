@@ -9,7 +9,7 @@ import time
 import asyncpg
 import structlog
 
-from tierline.store.api_keys import ApiKey, find_api_key, hash_key
+from tierline.store.api_keys import ApiKey, find_api_key_by_hash, hash_key
 
 log = structlog.get_logger(__name__)
 
@@ -29,11 +29,14 @@ class ApiKeyCache:
 
     async def find(self, key: str) -> ApiKey | None:
         """The live key for this secret; from the cache when it is fresh and trustworthy."""
-        digest = hash_key(key)
+        return await self.find_hash(hash_key(key))
+
+    async def find_hash(self, digest: bytes) -> ApiKey | None:
+        """The live key with this hash (what a board session holds instead of the key)."""
         hit = self._entries.get(digest)
         if hit is not None and self._listening and hit[1] > time.monotonic():
             return hit[0]
-        found = await find_api_key(self._pool, key)
+        found = await find_api_key_by_hash(self._pool, digest)
         if found is not None and self._listening:
             self._entries[digest] = (found, time.monotonic() + self._ttl)
         return found

@@ -12,7 +12,12 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+
+from aiohttp import web
+
+from tierline.api.problems import Problem
 
 POLICY = "per-key"
 # Buckets of keys idle this long are full again anyway; forgetting them bounds memory.
@@ -74,3 +79,31 @@ class RateLimiter:
         if not allowed:
             headers["Retry-After"] = str(max(1, reset))
         return Decision(allowed, remaining, reset, headers)
+
+
+async def within_limit(
+    limiter: RateLimiter, key_id: str, proceed: Callable[[], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Run `proceed` if the key has a token, else a 429 problem; the headers go on either answer.
+
+    The one place a key's requests are counted: the JSON API and the board (a session counts
+    against the key it signed in with) both come through here.
+    """
+    if not limiter.enabled:
+        return await proceed()
+    decision = limiter.take(key_id)
+    if not decision.allowed:
+        raise Problem(
+            429,
+            "rate-limited",
+            f"this key may make {limiter.rate:g} requests per second "
+            f"(bursts of {limiter.burst}); retry after {decision.reset_seconds}s",
+            headers=decision.headers,
+        )
+    try:
+        response = await proceed()
+    except Problem as problem:
+        problem.headers = {**decision.headers, **problem.headers}
+        raise
+    response.headers.update(decision.headers)
+    return response

@@ -82,6 +82,7 @@ def _banner(settings: Settings, key: str | None, started: float, data_dir: Path)
         "\n"
         f"  Tierline is running ({time.monotonic() - started:.1f}s)\n"
         f"  API        {url}   (OpenAPI: {url}/openapi.json)\n"
+        f"  Board      {url}/board/   (sign in with the admin key)\n"
         f"  Admin key  {shown}\n"
         f"  Try        curl -H 'Authorization: Bearer {example}' {url}/v1/vendors\n"
         f"  Data       {data_dir}  (kept across restarts)\n"
@@ -136,6 +137,12 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
         await migrate_url(database_url)
         await ensure_topic(broker.bootstrap, settings.kafka_topic, settings.kafka_partitions)
         key = await _admin_key(settings, data_dir)
+        if demo:
+            from tierline.devstack.demo import VENDORS
+            from tierline.devstack.demo_history import seed_history
+
+            # Before the roles start: the SLA engine must not race the backdated breaches.
+            await seed_history(database_url, VENDORS)
         return await _serve(settings, key, demo, stop, started, data_dir)
     finally:
         await asyncio.to_thread(broker.stop)

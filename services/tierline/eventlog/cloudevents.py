@@ -4,7 +4,7 @@ Besides the core attributes, issue events carry the `vendorid` extension attribu
 the issue belongs to, on every event of the issue, so consumers route and schedule from the log
 alone (ADR 0009). Governance events belong to no vendor and omit it. Events that an inbound
 webhook caused also carry `inboundsource` (the inbound source's id) and `inbounddelivery` (the
-tool's delivery id): their provenance (ADR 0011). Every other event omits both.
+tool's delivery id): their provenance (ADR 0012). Every other event omits both.
 """
 
 from __future__ import annotations

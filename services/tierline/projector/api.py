@@ -308,7 +308,8 @@ def _ratio(part: float, whole: float) -> float | None:
     return part / whole if whole else None
 
 
-def _scorecard(vendor_id: str, start: date, end: date, rows: queries.ScorecardRows) -> Scorecard:
+def scorecard_of(vendor_id: str, start: date, end: date, rows: queries.ScorecardRows) -> Scorecard:
+    """The scorecard of the days `start`..`end` from its rows (the API's and the board's)."""
     t = rows.totals
     breaches = [
         BreachCount(tier=r["tier"], kind=r["kind"], count=r["count"]) for r in rows.breaches
@@ -354,4 +355,4 @@ async def vendor_scorecard(request: web.Request) -> web.Response:
     if await get_vendor(pool, vendor_id) is None:
         raise Problem(404, "not-found", "no such vendor")
     rows = await queries.scorecard_rows(pool, vendor_id, start, end)
-    return json_response(_scorecard(vendor_id, start, end, rows))
+    return json_response(scorecard_of(vendor_id, start, end, rows))

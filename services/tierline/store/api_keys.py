@@ -70,7 +70,12 @@ async def create_api_key(
 
 async def find_api_key(conn: Conn | asyncpg.Pool, key: str) -> ApiKey | None:
     """The live key with this secret, or None."""
-    row = await conn.fetchrow(QUERIES["find_api_key"], hash_key(key))
+    return await find_api_key_by_hash(conn, hash_key(key))
+
+
+async def find_api_key_by_hash(conn: Conn | asyncpg.Pool, digest: bytes) -> ApiKey | None:
+    """The live key with this hash, or None."""
+    row = await conn.fetchrow(QUERIES["find_api_key"], digest)
     return None if row is None else ApiKey(**dict(row))
 
 

@@ -1,4 +1,4 @@
--- Inbound integrations (docs/adr/0011-inbound-webhooks.md): Jira, Zendesk, GitHub and generic
+-- Inbound integrations (docs/adr/0012-inbound-webhooks.md): Jira, Zendesk, GitHub and generic
 -- Standard Webhooks senders drive issues through their own webhooks.
 
 CREATE TABLE inbound_sources (
