@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
+from aiohttp import web
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import SecretStr
 
@@ -12,7 +14,7 @@ from tests.unit.test_issue_state_machine import ALL_STATUSES, ALLOWED, RULES, T0
 from tierline.board import charts
 from tierline.board.issues import ACTIONS, possible
 from tierline.board.render import duration
-from tierline.board.session import session_key
+from tierline.board.session import csrf_token, session_key, session_middleware
 from tierline.config import Settings
 from tierline.domain.events import Status
 
@@ -68,3 +70,23 @@ def test_every_api_process_derives_the_same_session_key_and_not_the_secret_key()
 )
 def test_durations_read_like_people_write_them(seconds: float | None, shown: str) -> None:
     assert duration(seconds) == shown
+
+
+@pytest.mark.parametrize(("base_url", "secure"), [(None, False), ("https://gov.example", True)])
+async def test_the_cookie_is_secure_behind_tls(
+    aiohttp_client: Any, base_url: str | None, secure: bool
+) -> None:
+    async def touch(request: web.Request) -> web.Response:
+        await csrf_token(request)  # a new session: the cookie is set
+        return web.Response(text="ok")
+
+    settings = Settings(
+        secret_key=SecretStr(Fernet.generate_key().decode()), public_base_url=base_url
+    )
+    app = web.Application(middlewares=[session_middleware(settings)])
+    app.router.add_get("/board/", touch)
+    client = await aiohttp_client(app)
+    async with client.get("/board/") as resp:
+        cookie = resp.cookies["tierline_board"]
+    assert bool(cookie["secure"]) is secure
+    assert cookie["httponly"] and cookie["samesite"] == "Strict"

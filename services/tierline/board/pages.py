@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from importlib import resources
 from typing import Any, get_args
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -105,8 +106,8 @@ class Choices:
 
     def query(self) -> str:
         """The filters as a query string (for the live refresh)."""
-        parts = [f"{k}={v}" for k, v in self._chosen().items() if v]
-        return "?" + "&".join(parts) if parts else ""
+        chosen = {k: v for k, v in self._chosen().items() if v}
+        return "?" + urlencode(chosen) if chosen else ""
 
     def _chosen(self) -> dict[str, str]:
         return {"vendor": self.vendor, "category": self.category, "priority": self.priority}
