@@ -96,28 +96,23 @@ def _version(package: str) -> str | None:
         return None
 
 
-def _git_commit() -> str | None:
+def _git(*args: str) -> str:
+    """A git command's output in this repository ("" when git is missing or fails)."""
     try:
         out = subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, timeout=5, check=False
         )
-    except OSError:
-        return None
-    commit = out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip()
+
+
+def _git_commit() -> str | None:
+    commit = _git("rev-parse", "--short", "HEAD")
     if not commit:
         return None
-    dirty = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-        capture_output=True,
-        text=True,
-        timeout=5,
-        check=False,
-    ).stdout.strip()
     # Uncommitted changes to tracked files: the figures are not those of the commit alone.
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
     return f"{commit}-dirty" if dirty else commit
 
 
