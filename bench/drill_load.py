@@ -150,7 +150,8 @@ class WebhookReceiver:
         msg_id, stamp = headers.get("webhook-id", ""), headers.get("webhook-timestamp", "")
         signed = f"{msg_id}.{stamp}.".encode() + body
         expected = base64.b64encode(hmac.new(secret, signed, hashlib.sha256).digest()).decode()
-        offered = [s.split(",", 1)[1] for s in headers.get("webhook-signature", "").split() if ","]
+        signatures = headers.get("webhook-signature", "").split()
+        offered = [s.split(",", 1)[1] for s in signatures if s.startswith("v1,")]
         return any(hmac.compare_digest(expected, s) for s in offered)
 
     async def _receive(self, request: web.Request) -> web.Response:
@@ -240,7 +241,6 @@ class Load:
                 break
             # Refused, timed out or 5xx: the same request (same key) to the next API process.
             self._next_api += 1
-            status = "gave-up" if time.monotonic() >= deadline else status
             await asyncio.sleep(0.2)
         else:
             status = "gave-up"
