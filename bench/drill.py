@@ -26,8 +26,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
-import platform
 import signal
 import sys
 import tempfile
@@ -41,6 +39,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
+from bench.common import machine
 from bench.drill_checks import Check, rss_by_role, run_checks
 from bench.drill_cluster import (
     MIN_INSYNC_REPLICAS,
@@ -406,7 +405,7 @@ def report(runs: list[Run], profile_name: str) -> dict[str, Any]:
     """drill.json."""
     return {
         "profile": profile_name,
-        "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine(),
         "shape": {
             "kafka_nodes": 3,
             "replication_factor": REPLICATION_FACTOR,
