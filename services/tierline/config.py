@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     board_session_seconds: int = Field(default=8 * 3600, ge=60)
     board_refresh_seconds: float = Field(default=3.0, gt=0)
     bootstrap_admin_key: str | None = None
+    # How the API writes issue commands: "one-statement" reads the head, then writes events,
+    # head and idempotency answer in one atomic statement (store/one_statement.py, 2 round
+    # trips); "locking" runs BEGIN, lock the head, append, COMMIT (the pre-0.x path, kept for
+    # comparison in bench/write_path.py).
+    write_path: Literal["one-statement", "locking"] = "one-statement"
     # Fernet keys, comma-separated, newest first: encrypts webhook signing secrets at rest
     # (tierline/secretbox.py, docs/adr/0007). The api and webhooks roles refuse to start without.
     secret_key: SecretStr | None = None

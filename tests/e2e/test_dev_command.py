@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from tierline.devstack.process import free_port
@@ -111,6 +113,10 @@ def test_dev_starts_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
             {"vendor_id": "acme", "title": "kept", "category": "quality", "priority": "P3"},
         )
         call(f"{api}/v1/issues/{issue['id']}/acknowledge", "POST", {})
+        # The roles' pooled connections use the Unix socket (cheaper round trips); dev.json
+        # gives the TCP URL that psql, Grafana and other users can take.
+        assert info["database_url"].startswith("postgresql://tierline@127.0.0.1:")
+        assert _client_addresses(info["database_url"]) == {None}
     finally:
         stop_dev(proc)
     assert not (data_dir / "dev.json").exists()
@@ -123,6 +129,24 @@ def test_dev_starts_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         assert [e["sequence"] for e in history] == ["1", "2"]
     finally:
         stop_dev(proc)
+
+
+def _client_addresses(database_url: str) -> set[str | None]:
+    """Client addresses of the roles' connections (None: over the Unix socket)."""
+
+    async def fetch() -> set[str | None]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            rows = await conn.fetch(
+                "SELECT host(client_addr) AS addr FROM pg_stat_activity"
+                " WHERE application_name = 'tierline' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await conn.close()
+        assert rows, "no role connection found"
+        return {r["addr"] for r in rows}
+
+    return asyncio.run(fetch())
 
 
 def _run_dev(

@@ -18,9 +18,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_
 from tierline import board
 from tierline.api import admin, issues
 from tierline.api.hardening import check_request
+from tierline.api.issue_queue import IssueQueue
 from tierline.api.key_cache import ApiKeyCache
 from tierline.api.keys import (
+    COMMAND_UNITS,
     INBOUND,
+    ISSUE_QUEUE,
     ISSUES,
     KAFKA_BOOTSTRAP,
     KEY_CACHE,
@@ -44,6 +47,7 @@ from tierline.inbound.receive import InboundReceiver
 from tierline.projector import api as read_model_api
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
+from tierline.store.one_statement import OneStatementUnitOfWorkFactory
 from tierline.store.pool import create_pool
 from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 from tierline.webhooks import api as webhook_api
@@ -273,6 +277,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     app[REFERENCE] = reference
     app[UNITS] = PostgresUnitOfWorkFactory(pool, reference)
+    app[COMMAND_UNITS] = (
+        OneStatementUnitOfWorkFactory(pool, reference)
+        if settings.write_path == "one-statement"
+        else app[UNITS]
+    )
+    app[ISSUE_QUEUE] = IssueQueue()
     app[ISSUES] = IssueService(app[UNITS])
     app[INBOUND] = InboundReceiver(pool, app[UNITS], app[ISSUES])
     app[KEY_CACHE] = ApiKeyCache(pool, settings.database_url)

@@ -5,7 +5,8 @@ unit, and stores the rendered answer there too: the answer is recorded if and on
 effects commit. A retry with the same key and body gets the stored answer; the same key with
 another body is 422 `idempotency-key-reused`. Secrets in an answer (a webhook's signing secret,
 a new API key) are stored sealed with the secret key and unsealed for the retry, so the table
-never holds them in the clear. A unit of work that lost a race is run again.
+never holds them in the clear. A unit of work that lost a race is run again; with `last_try`,
+the final run uses that factory instead (the locking unit of work behind an optimistic one).
 """
 
 from __future__ import annotations
@@ -14,16 +15,25 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from tierline import secretbox
 from tierline.api.problems import Problem
 from tierline.api.registry import json_response, principal, request_hash
 from tierline.service_layer.issues import RETRIES, RetryUnitOfWork
-from tierline.service_layer.unit_of_work import IdempotencyKeyReused, UnitOfWork
+from tierline.service_layer.unit_of_work import (
+    IdempotencyKeyReused,
+    StreamVersionConflict,
+    UnitOfWork,
+)
 
 # (status, JSON-ready body, headers): what the route answers and what a retry gets back.
 Rendered = tuple[int, Any, dict[str, str]]
 U = TypeVar("U", bound=UnitOfWork)
+RUNS_AGAIN = Counter(
+    "tierline_unit_of_work_retries_total",
+    "Units of work run again after losing a race (a moved head, a key or ref taken meanwhile)",
+)
 
 
 async def answer_once(
@@ -33,14 +43,15 @@ async def answer_once(
     work: Callable[[U], Awaitable[Rendered]],
     *,
     secret_field: str | None = None,
+    last_try: Callable[[], U] | None = None,
 ) -> web.Response:
     """Run `work` in a unit of work, at most once per `Idempotency-Key` of the caller."""
     key = request.headers.get("Idempotency-Key")
     who = principal(request)
     fingerprint = request_hash(request, payload)
-    for _ in range(RETRIES):
+    for attempt in range(RETRIES):
         try:
-            uow = units()
+            uow = last_try() if last_try is not None and attempt == RETRIES - 1 else units()
             async with uow:
                 if key is not None:
                     stored = await uow.idempotency.claim(who.key_id, key, fingerprint)
@@ -52,7 +63,8 @@ async def answer_once(
                     sealed = _sealed(body, secret_field)
                     await uow.idempotency.complete(who.key_id, key, status, sealed, headers)
             return json_response(body, status=status, headers=headers)
-        except RetryUnitOfWork:
+        except (RetryUnitOfWork, StreamVersionConflict):
+            RUNS_AGAIN.inc()
             continue
         except IdempotencyKeyReused:
             raise Problem(

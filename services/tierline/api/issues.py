@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from tierline.api.idempotency import Rendered, answer_once
-from tierline.api.keys import ISSUES, POOL, UNITS
+from tierline.api.keys import COMMAND_UNITS, ISSUE_QUEUE, ISSUES, POOL, UNITS
 from tierline.api.problems import Problem
 from tierline.api.registry import (
     RouteTable,
@@ -143,8 +143,10 @@ def _command_handler(model: type[c.Command]) -> None:
             )
             return _rendered(outcome)
 
+        units, locking = request.app[COMMAND_UNITS], request.app[UNITS]
         try:
-            return await answer_once(request, payload, request.app[UNITS], work)
+            async with request.app[ISSUE_QUEUE].turn(issue_id):
+                return await answer_once(request, payload, units, work, last_try=locking)
         except IssueNotFound:
             raise Problem(404, "not-found", "no such issue") from None
         except PreconditionFailed as exc:

@@ -117,7 +117,9 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
         await asyncio.gather(asyncio.to_thread(postgres.start), asyncio.to_thread(broker.start))
         database_url = await _ensure_database(postgres.dsn)
         update: dict[str, object] = {
-            "database_url": database_url,
+            # The roles talk over the Unix socket when there is one; dev.json and the banner
+            # give the TCP URL (psql, Grafana, tests on another user).
+            "database_url": postgres.socket_url(database_url) or database_url,
             "kafka_bootstrap": broker.bootstrap,
         }
         if "TIERLINE_KAFKA_IDEMPOTENCE" not in os.environ:
@@ -143,7 +145,7 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
 
             # Before the roles start: the SLA engine must not race the backdated breaches.
             await seed_history(database_url, VENDORS)
-        return await _serve(settings, key, demo, stop, started, data_dir)
+        return await _serve(settings, key, demo, stop, started, data_dir, database_url)
     finally:
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(postgres.stop)
@@ -157,6 +159,7 @@ async def _serve(
     stop: asyncio.Event,
     started: float,
     data_dir: Path,
+    database_url: str,
 ) -> int:
     from tierline.api.app import create_app  # noqa: F401  (fail early on import errors)
     from tierline.roles import available_roles, run_roles
@@ -174,7 +177,7 @@ async def _serve(
         json.dumps(
             {
                 "api_url": api_url,
-                "database_url": settings.database_url,
+                "database_url": database_url,
                 "kafka_bootstrap": settings.kafka_bootstrap,
                 "pid": os.getpid(),
             },

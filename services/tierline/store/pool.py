@@ -21,6 +21,18 @@ DATABASE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+async def _reset_on_release(conn: asyncpg.Connection) -> None:
+    """Nothing beyond what asyncpg always does on release (roll back an open transaction, drop
+    listeners).
+
+    asyncpg's default reset sends `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL` on every release: one more round trip per command, about as costly as the
+    command's own statements. Pooled connections never hold session state: settings are
+    `SET LOCAL`, advisory locks are `_xact_` or taken on dedicated connections (relay, gate),
+    LISTEN runs on dedicated connections (tests/unit/test_pool_session_state.py keeps it so).
+    """
+
+
 async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
     """A pool whose connections use UTC so timestamps round-trip unchanged."""
     pool = await asyncpg.create_pool(
@@ -30,6 +42,7 @@ async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 2
         # A server that stopped answering must fail a request in seconds, not a minute.
         timeout=CONNECT_TIMEOUT,
         server_settings={"timezone": "UTC", "application_name": "tierline"},
+        reset=_reset_on_release,
     )
     assert pool is not None
     return pool

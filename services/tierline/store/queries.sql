@@ -28,6 +28,36 @@ ON CONFLICT (stream_id) DO UPDATE
     WHERE streams.version = $13
 RETURNING version
 
+-- append_command --
+-- A whole command in one statement, with no transaction around it (OneStatementUnitOfWork).
+-- The head moves from version $13 only if nobody moved it since it was read; the events go in
+-- only if it moved, so the two stay together. The idempotency answer ($16–$21, when a key was
+-- sent) goes in with them, or alone for a command that appended nothing; a key taken in the
+-- meantime violates its primary key and undoes the whole statement. No move means the caller
+-- runs the unit of work again.
+WITH moved AS (
+    UPDATE streams SET version = $10, snapshot = $11::jsonb, updated_at = $12
+    WHERE stream_id = $1 AND version = $13 AND cardinality($4::uuid[]) > 0
+    RETURNING version
+), claim AS (
+    INSERT INTO idempotency_keys (principal, key, request_hash, status, body, headers)
+    SELECT $16, $17, $18, $19, $20::jsonb, $21::jsonb
+    WHERE $16::text IS NOT NULL
+        AND (cardinality($4::uuid[]) = 0 OR EXISTS (SELECT 1 FROM moved))
+    RETURNING 1
+), appended AS (
+    INSERT INTO events
+        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent,
+         inbound_source, inbound_delivery)
+    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3, $14, $15
+    FROM unnest($4::uuid[], $5::int[], $6::text[], $7::timestamptz[], $8::text[])
+        AS e(event_id, version, type, time, data)
+    WHERE EXISTS (SELECT 1 FROM moved)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended,
+    (SELECT count(*) FROM claim) AS claimed
+
 -- stream_events --
 -- Every event of one stream, in version order
 SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,

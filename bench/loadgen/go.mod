@@ -1,0 +1,3 @@
+module tierline/bench/loadgen
+
+go 1.21

@@ -1,0 +1,214 @@
+"""A unit of work for one issue command in two round trips: read the head, then one statement.
+
+The locking unit of work (`store.unit_of_work`) spends five round trips on a command: BEGIN,
+lock the head, append, COMMIT and the pool's reset. This one reads the head without a lock or a
+transaction, lets the service decide as usual, and writes everything the unit did (the events,
+the new head, the idempotency answer) with the single statement `append_command`
+(store/queries.sql), which PostgreSQL runs atomically. When another writer moved the head in
+between, nothing is written and `StreamVersionConflict` tells the caller to run the unit again
+(optimistic concurrency); `answer_once` does, and makes its last try with the locking unit, so
+a hot issue still makes progress. The API also queues commands on the same issue inside one
+process (api/issue_queue.py), so conflicts come only from other processes.
+
+Only issue commands run here: opening an issue registers external refs in the same
+transaction, and other routes write through `connection`, so they keep the locking unit.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from tierline.domain.issue import Issue, Rules
+from tierline.service_layer import unit_of_work as port
+from tierline.service_layer.reference import ReferenceData
+from tierline.sqlfile import load_queries
+from tierline.store import event_store
+
+QUERIES = load_queries("tierline.store")
+
+
+@dataclass(frozen=True)
+class _Append:
+    issue: Issue
+    expected_version: int
+    events: list[port.NewEvent]
+    time: datetime
+    traceparent: str | None
+    origin: port.Origin | None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    principal: str
+    key: str
+    request_hash: str
+
+
+class OneStatementIssueStore:
+    """Reads without locks; the append waits for the unit's end."""
+
+    def __init__(self, unit: OneStatementUnitOfWork) -> None:
+        self._unit = unit
+
+    async def get(self, issue_id: str) -> Issue | None:
+        """The issue as last committed."""
+        head = await event_store.read_head(self._unit.connection, issue_id)
+        return None if head is None else Issue.model_validate_json(head.snapshot_json)
+
+    async def get_for_update(self, issue_id: str) -> Issue | None:
+        """The issue as last committed, unlocked: the write checks that it did not move."""
+        return await self.get(issue_id)
+
+    async def append(
+        self,
+        issue: Issue,
+        expected_version: int,
+        events: list[port.NewEvent],
+        time: datetime,
+        traceparent: str | None,
+        origin: port.Origin | None = None,
+    ) -> None:
+        """Keep the append for the statement at the unit's end."""
+        if self._unit.pending is not None:
+            raise RuntimeError("a one-statement unit of work appends to one stream once")
+        if expected_version == 0:
+            raise RuntimeError("opening an issue needs the locking unit of work")
+        self._unit.pending = _Append(issue, expected_version, events, time, traceparent, origin)
+
+    async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:
+        """Not here: opening issues (and their refs) needs the locking unit of work."""
+        raise RuntimeError("external refs need the locking unit of work")
+
+    async def add_ref(self, system: str, key: str, ref: port.ExternalRef) -> bool:
+        """Not here: opening issues (and their refs) needs the locking unit of work."""
+        raise RuntimeError("external refs need the locking unit of work")
+
+
+class OneStatementIdempotency:
+    """A stored answer is read at once; a new one is written with the unit's statement."""
+
+    def __init__(self, unit: OneStatementUnitOfWork) -> None:
+        self._unit = unit
+
+    async def claim(self, principal: str, key: str, request_hash: str) -> port.StoredAnswer | None:
+        """The stored answer of the key's first use, else remember the claim."""
+        row = await self._unit.connection.fetchrow(QUERIES["stored_response"], principal, key)
+        if row is not None:
+            if row["request_hash"] != request_hash:
+                raise port.IdempotencyKeyReused(key)
+            body = json.loads(row["body"]) if row["body"] else None
+            return port.StoredAnswer(row["status"], body, json.loads(row["headers"]))
+        self._unit.claim = _Claim(principal, key, request_hash)
+        return None
+
+    async def complete(
+        self, principal: str, key: str, status: int, body: Any, headers: dict[str, str]
+    ) -> None:
+        """Keep the answer for the statement at the unit's end."""
+        if self._unit.claim is None or (self._unit.claim.principal, self._unit.claim.key) != (
+            principal,
+            key,
+        ):
+            raise RuntimeError("complete() without claim() of the same key")
+        self._unit.answer = (status, json.dumps(body), json.dumps(headers))
+
+
+class OneStatementUnitOfWork:
+    """One pooled connection, no transaction: reads as they come, one atomic write at the end."""
+
+    issues: OneStatementIssueStore
+    idempotency: OneStatementIdempotency
+    connection: PoolConnectionProxy[asyncpg.Record]
+
+    def __init__(self, pool: asyncpg.Pool, reference: ReferenceData) -> None:
+        self._pool = pool
+        self._reference = reference
+        self.pending: _Append | None = None
+        self.claim: _Claim | None = None
+        self.answer: tuple[int, str, str] | None = None
+
+    async def rules_for(self, vendor_id: str) -> Rules | None:
+        """Reference data (reloaded through this unit's connection when stale)."""
+        return await self._reference.rules_for(vendor_id, self.connection)
+
+    async def __aenter__(self) -> OneStatementUnitOfWork:
+        self.connection = await self._pool.acquire()
+        self.issues = OneStatementIssueStore(self)
+        self.idempotency = OneStatementIdempotency(self)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if exc_type is None:
+                await self._write()
+        finally:
+            await self._pool.release(self.connection)
+
+    async def _write(self) -> None:
+        if self.claim is not None and self.answer is None:
+            raise RuntimeError("an idempotency key was claimed but no answer stored")
+        if self.pending is None and self.claim is None:
+            return  # the command changed nothing and no key was sent: nothing to write
+        row = await self._statement()
+        if self.pending is not None and not row["moved"]:
+            raise port.StreamVersionConflict(self.pending.issue.id, self.pending.expected_version)
+
+    async def _statement(self) -> asyncpg.Record:
+        a, claim, answer = self.pending, self.claim, self.answer
+        events = [] if a is None else a.events
+        first = 0 if a is None else a.expected_version + 1
+        try:
+            row = await self.connection.fetchrow(
+                QUERIES["append_command"],
+                None if a is None else a.issue.id,
+                "issue",
+                None if a is None else a.traceparent,
+                [uuid.uuid4() for _ in events],
+                list(range(first, first + len(events))),
+                [ev.type for ev in events],
+                [None if a is None else a.time] * len(events),
+                [ev.data_json for ev in events],
+                None if a is None else a.issue.vendor_id,
+                None if a is None else a.expected_version + len(events),
+                None if a is None else a.issue.model_dump_json(),
+                None if a is None else a.time,
+                None if a is None else a.expected_version,
+                None if a is None or a.origin is None else uuid.UUID(a.origin.source_id),
+                None if a is None or a.origin is None else a.origin.delivery_id,
+                None if claim is None else claim.principal,
+                None if claim is None else claim.key,
+                None if claim is None else claim.request_hash,
+                *((None, None, None) if answer is None else answer),
+            )
+        except asyncpg.UniqueViolationError as exc:
+            # The key was used meanwhile (or, defensively, an event version is taken): nothing
+            # was written; the next run finds the stored answer or the moved head.
+            raise port.StreamVersionConflict(
+                "" if a is None else a.issue.id, 0 if a is None else a.expected_version
+            ) from exc
+        assert row is not None
+        return row
+
+
+class OneStatementUnitOfWorkFactory:
+    """One-statement units of work over one pool and one reference-data cache."""
+
+    def __init__(self, pool: asyncpg.Pool, reference: ReferenceData) -> None:
+        self.pool = pool
+        self.reference = reference
+
+    def __call__(self) -> OneStatementUnitOfWork:
+        return OneStatementUnitOfWork(self.pool, self.reference)

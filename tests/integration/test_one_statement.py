@@ -1,0 +1,196 @@
+"""The one-statement write path (store/one_statement.py): races lose cleanly, nothing half-written.
+
+Two units that read the same head both decide; the first statement wins and the second writes
+nothing at all (no event, no head move, no idempotency answer) and says so with
+StreamVersionConflict. Through two API processes on one database (separate in-process queues,
+so their commands really race), random mixes of commands and idempotency keys keep versions
+gap-free and answer each key once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.fixtures.api import command, create_vendor, open_issue
+from tests.fixtures.stack import Stack, running_stack, stack_settings
+from tierline.domain import commands as c
+from tierline.service_layer.issues import SYSTEM, IssueService
+from tierline.service_layer.reference import ReferenceData
+from tierline.service_layer.unit_of_work import StreamVersionConflict
+from tierline.store.one_statement import OneStatementUnitOfWork, OneStatementUnitOfWorkFactory
+from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+async def two_apis(database_url: str, tansu: str, topic: str) -> AsyncIterator[tuple[Stack, Stack]]:
+    async with (
+        running_stack(stack_settings(database_url, tansu, topic), roles=["api"]) as one,
+        running_stack(stack_settings(database_url, tansu, topic), roles=["api"]) as two,
+    ):
+        yield one, two
+
+
+@pytest.fixture
+async def pool(two_apis: tuple[Stack, Stack]) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(two_apis[0].settings.database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+async def _issue(stack: Stack) -> str:
+    async with stack.client() as http:
+        async with http.get("/v1/vendors/acme-it") as resp:
+            if resp.status == 404:
+                await create_vendor(http)
+        issue = await open_issue(http)
+    return str(issue["id"])
+
+
+async def _stream(pool: asyncpg.Pool, issue_id: str) -> tuple[list[int], int, int]:
+    versions = [
+        r["version"]
+        for r in await pool.fetch(
+            "SELECT version FROM events WHERE stream_id = $1 ORDER BY version", issue_id
+        )
+    ]
+    head = await pool.fetchval("SELECT version FROM streams WHERE stream_id = $1", issue_id)
+    keys = await pool.fetchval("SELECT count(*) FROM idempotency_keys WHERE key LIKE 'race-%'")
+    return versions, head, keys
+
+
+async def test_the_second_of_two_units_on_one_head_writes_nothing(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    issue_id = await _issue(two_apis[0])
+    reference = ReferenceData(pool)
+    service = IssueService(PostgresUnitOfWorkFactory(pool, reference))
+    first, second = OneStatementUnitOfWork(pool, reference), OneStatementUnitOfWork(pool, reference)
+    await first.__aenter__()
+    await first.idempotency.claim("k1", "race-a", "h")
+    outcome = await service.execute(SYSTEM, issue_id, c.AddComment(body="one"), uow=first)
+    await first.idempotency.complete("k1", "race-a", 200, {"v": 1}, {})
+    with pytest.raises(StreamVersionConflict):
+        async with second:
+            await second.idempotency.claim("k1", "race-b", "h")
+            await service.execute(SYSTEM, issue_id, c.AddComment(body="two"), uow=second)
+            await second.idempotency.complete("k1", "race-b", 200, {"v": 2}, {})
+            await first.__aexit__(None, None, None)  # the first writes while the second ran
+    versions, head, keys = await _stream(pool, issue_id)
+    assert outcome.issue.version == 2
+    assert versions == [1, 2] and head == 2
+    assert keys == 1  # only the winner's answer was stored
+    bodies = await pool.fetch(
+        "SELECT data->>'body' AS body FROM events WHERE stream_id = $1 AND version = 2", issue_id
+    )
+    assert [r["body"] for r in bodies] == ["one"]
+
+
+async def test_a_key_taken_meanwhile_undoes_the_whole_statement(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    issue_id = await _issue(two_apis[0])
+    reference = ReferenceData(pool)
+    service = IssueService(PostgresUnitOfWorkFactory(pool, reference))
+    loser = OneStatementUnitOfWork(pool, reference)
+    with pytest.raises(StreamVersionConflict):
+        async with loser:
+            assert await loser.idempotency.claim("k2", "race-key", "h") is None
+            await service.execute(SYSTEM, issue_id, c.AddComment(body="late"), uow=loser)
+            await loser.idempotency.complete("k2", "race-key", 200, {"late": True}, {})
+            # Another request with the same key committed first (without touching the issue).
+            await pool.execute(
+                "INSERT INTO idempotency_keys (principal, key, request_hash, status, body)"
+                " VALUES ('k2', 'race-key', 'h', 200, '{}')"
+            )
+    versions, head, _ = await _stream(pool, issue_id)
+    assert versions == [1] and head == 1  # the event and the head move were undone with it
+
+
+async def test_a_command_that_changes_nothing_stores_only_its_answer(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    issue_id = await _issue(two_apis[0])  # opened at P3: asking for P3 again changes nothing
+    async with two_apis[0].client() as http:
+        same = {"Idempotency-Key": "race-same"}
+        first = await command(http, issue_id, "priority", {"priority": "P3"}, same)
+        replay = await command(http, issue_id, "priority", {"priority": "P3"}, same)
+        reused = await command(http, issue_id, "priority", {"priority": "P2"}, same)
+    assert first[0] == 200 and first[1]["version"] == 1, first
+    assert replay[:2] == first[:2]
+    assert reused[0] == 422  # the key's stored request differs
+    versions, head, keys = await _stream(pool, issue_id)
+    assert versions == [1] and head == 1
+    assert keys == 1
+
+
+def _retries() -> float:
+    return REGISTRY.get_sample_value("tierline_unit_of_work_retries_total") or 0.0
+
+
+async def test_two_processes_racing_random_commands_keep_versions_and_keys_exact(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    retries_before = _retries()
+    for seed in range(1, 9):  # until the race was really run again (checked after the loop)
+        await _race(two_apis, pool, seed)
+        if _retries() > retries_before and seed >= 3:
+            break
+    assert _retries() > retries_before, "no command lost a race: the retry path went untested"
+
+
+async def _race(two_apis: tuple[Stack, Stack], pool: asyncpg.Pool, seed: int) -> None:
+    rng = random.Random(seed)
+    issue_id = await _issue(two_apis[0])
+    keys = [f"race-{seed}-{i}" for i in range(12)]
+    plan = []  # (which API, idempotency key or None, comment body)
+    for i in range(40):
+        key = rng.choice(keys) if rng.random() < 0.6 else None
+        body = f"body-{key}" if key is not None else f"free-{i}"
+        plan.append((rng.randrange(2), key, body))
+    # One caller (one API key: idempotency keys are per key) through both processes.
+    key_of_one = two_apis[0].admin_key
+    async with two_apis[0].client() as one, two_apis[1].client(key_of_one) as two:
+        https = (one, two)
+        results = await asyncio.gather(
+            *(
+                command(
+                    https[api],
+                    issue_id,
+                    "comments",
+                    {"body": body},
+                    {"Idempotency-Key": key} if key is not None else None,
+                )
+                for api, key, body in plan
+            )
+        )
+    assert [r[0] for r in results] == [200] * len(plan), [r for r in results if r[0] != 200]
+    distinct_effects = len({key for _, key, _ in plan if key is not None}) + sum(
+        1 for _, key, _ in plan if key is None
+    )
+    versions, head, _ = await _stream(pool, issue_id)
+    assert versions == list(range(1, distinct_effects + 2))
+    assert head == distinct_effects + 1
+    answers: dict[str, set[int]] = {}
+    for (_, key, _), (_, body, _) in zip(plan, results, strict=True):
+        if key is not None:
+            answers.setdefault(key, set()).add(body["version"])
+    assert all(len(v) == 1 for v in answers.values()), answers  # one answer per key
+
+
+async def test_both_write_paths_build_the_same_factory_contract(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    reference = ReferenceData(pool)
+    unit = OneStatementUnitOfWorkFactory(pool, reference)()
+    async with unit:
+        with pytest.raises(RuntimeError, match="external refs"):
+            await unit.issues.find_ref("jira", "X-1")
