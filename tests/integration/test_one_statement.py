@@ -194,3 +194,21 @@ async def test_both_write_paths_build_the_same_factory_contract(
     async with unit:
         with pytest.raises(RuntimeError, match="external refs"):
             await unit.issues.find_ref("jira", "X-1")
+
+
+async def test_a_cached_snapshot_is_replaced_once_another_writer_moved_the_head(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    issue_id = await _issue(two_apis[0])
+    reference = ReferenceData(pool)
+    units = OneStatementUnitOfWorkFactory(pool, reference)
+    async with units() as unit:
+        before = await unit.issues.get(issue_id)
+    assert before is not None and before.version == 1 and len(units.cache) == 1
+    elsewhere = IssueService(PostgresUnitOfWorkFactory(pool, reference))  # another writer
+    await elsewhere.execute(SYSTEM, issue_id, c.ChangePriority(priority="P1"), uow=None)
+    async with units() as unit:
+        after = await unit.issues.get(issue_id)
+    assert after is not None and after.version == 2 and after.priority == "P1"
+    async with units() as unit:
+        assert await unit.issues.get(issue_id) is units.cache.get(issue_id)  # served cached

@@ -44,15 +44,24 @@ async def answer_once(
     *,
     secret_field: str | None = None,
     last_try: Callable[[], U] | None = None,
+    lock_first: Callable[[U], Awaitable[object]] | None = None,
 ) -> web.Response:
-    """Run `work` in a unit of work, at most once per `Idempotency-Key` of the caller."""
+    """Run `work` in a unit of work, at most once per `Idempotency-Key` of the caller.
+
+    `lock_first` runs in the `last_try` unit before the key is claimed: the one-statement unit
+    moves the issue's head before it stores the key, so the locking unit beside it must lock
+    the head before the key too, or the two can deadlock.
+    """
     key = request.headers.get("Idempotency-Key")
     who = principal(request)
     fingerprint = request_hash(request, payload)
     for attempt in range(RETRIES):
+        final = last_try is not None and attempt == RETRIES - 1
         try:
-            uow = last_try() if last_try is not None and attempt == RETRIES - 1 else units()
+            uow = last_try() if final and last_try is not None else units()
             async with uow:
+                if final and lock_first is not None:
+                    await lock_first(uow)
                 if key is not None:
                     stored = await uow.idempotency.claim(who.key_id, key, fingerprint)
                     if stored is not None:

@@ -146,7 +146,14 @@ def _command_handler(model: type[c.Command]) -> None:
         units, locking = request.app[COMMAND_UNITS], request.app[UNITS]
         try:
             async with request.app[ISSUE_QUEUE].turn(issue_id):
-                return await answer_once(request, payload, units, work, last_try=locking)
+                return await answer_once(
+                    request,
+                    payload,
+                    units,
+                    work,
+                    last_try=locking,
+                    lock_first=lambda uow: uow.issues.get_for_update(issue_id),
+                )
         except IssueNotFound:
             raise Problem(404, "not-found", "no such issue") from None
         except PreconditionFailed as exc:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
@@ -201,15 +202,18 @@ def request_hash(request: web.Request, payload: Any) -> str:
     return hashlib.sha256(f"{request.method} {request.path}\n{canonical}".encode()).hexdigest()
 
 
+_ORJSON_AS_STDLIB = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
+
+
 def json_response(
     body: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
     """A JSON response (pydantic models dumped in JSON mode)."""
     if isinstance(body, BaseModel):
-        text = body.model_dump_json()
+        data = body.model_dump_json().encode()
     else:
-        text = json.dumps(body, default=str)
-    return web.Response(status=status, text=text, content_type="application/json", headers=headers)
+        data = orjson.dumps(body, default=str)
+    return web.Response(status=status, body=data, content_type="application/json", headers=headers)
 
 
 def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:

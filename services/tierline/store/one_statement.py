@@ -10,6 +10,10 @@ between, nothing is written and `StreamVersionConflict` tells the caller to run 
 a hot issue still makes progress. The API also queues commands on the same issue inside one
 process (api/issue_queue.py), so conflicts come only from other processes.
 
+The issues a process last read or wrote stay in a small cache (`SnapshotCache`): the read then
+fetches the snapshot only when the head moved past the cached version, and the API skips
+parsing it (a snapshot at a version never changes).
+
 Only issue commands run here: opening an issue registers external refs in the same
 transaction, and other routes write through `connection`, so they keep the locking unit.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -30,7 +35,6 @@ from tierline.domain.issue import Issue, Rules
 from tierline.service_layer import unit_of_work as port
 from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
-from tierline.store import event_store
 
 QUERIES = load_queries("tierline.store")
 
@@ -52,6 +56,31 @@ class _Claim:
     request_hash: str
 
 
+class SnapshotCache:
+    """The last `size` issues this process read or wrote, at their versions (LRU)."""
+
+    def __init__(self, size: int = 2_000) -> None:
+        self._size = size
+        self._issues: OrderedDict[str, Issue] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._issues)
+
+    def get(self, issue_id: str) -> Issue | None:
+        """The cached issue (at whatever version it was cached), or None."""
+        issue = self._issues.get(issue_id)
+        if issue is not None:
+            self._issues.move_to_end(issue_id)
+        return issue
+
+    def put(self, issue: Issue) -> None:
+        """Remember `issue` at its version, forgetting the least recently used beyond size."""
+        self._issues[issue.id] = issue
+        self._issues.move_to_end(issue.id)
+        while len(self._issues) > self._size:
+            self._issues.popitem(last=False)
+
+
 class OneStatementIssueStore:
     """Reads without locks; the append waits for the unit's end."""
 
@@ -59,9 +88,19 @@ class OneStatementIssueStore:
         self._unit = unit
 
     async def get(self, issue_id: str) -> Issue | None:
-        """The issue as last committed."""
-        head = await event_store.read_head(self._unit.connection, issue_id)
-        return None if head is None else Issue.model_validate_json(head.snapshot_json)
+        """The issue as last committed (the cached one when the head is still at its version)."""
+        cache = self._unit.cache
+        cached = cache.get(issue_id)
+        row = await self._unit.connection.fetchrow(
+            QUERIES["read_head_unless_at"], issue_id, -1 if cached is None else cached.version
+        )
+        if row is None:
+            return None
+        if row["snapshot_json"] is None and cached is not None:
+            return cached
+        issue = Issue.model_validate_json(row["snapshot_json"])
+        cache.put(issue)
+        return issue
 
     async def get_for_update(self, issue_id: str) -> Issue | None:
         """The issue as last committed, unlocked: the write checks that it did not move."""
@@ -128,9 +167,12 @@ class OneStatementUnitOfWork:
     idempotency: OneStatementIdempotency
     connection: PoolConnectionProxy[asyncpg.Record]
 
-    def __init__(self, pool: asyncpg.Pool, reference: ReferenceData) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, reference: ReferenceData, cache: SnapshotCache | None = None
+    ) -> None:
         self._pool = pool
         self._reference = reference
+        self.cache = cache if cache is not None else SnapshotCache(0)
         self.pending: _Append | None = None
         self.claim: _Claim | None = None
         self.answer: tuple[int, str, str] | None = None
@@ -163,8 +205,12 @@ class OneStatementUnitOfWork:
         if self.pending is None and self.claim is None:
             return  # the command changed nothing and no key was sent: nothing to write
         row = await self._statement()
-        if self.pending is not None and not row["moved"]:
-            raise port.StreamVersionConflict(self.pending.issue.id, self.pending.expected_version)
+        if self.pending is not None:
+            if not row["moved"]:
+                raise port.StreamVersionConflict(
+                    self.pending.issue.id, self.pending.expected_version
+                )
+            self.cache.put(self.pending.issue)
 
     async def _statement(self) -> asyncpg.Record:
         a, claim, answer = self.pending, self.claim, self.answer
@@ -206,9 +252,12 @@ class OneStatementUnitOfWork:
 class OneStatementUnitOfWorkFactory:
     """One-statement units of work over one pool and one reference-data cache."""
 
-    def __init__(self, pool: asyncpg.Pool, reference: ReferenceData) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, reference: ReferenceData, cache_size: int = 2_000
+    ) -> None:
         self.pool = pool
         self.reference = reference
+        self.cache = SnapshotCache(cache_size)
 
     def __call__(self) -> OneStatementUnitOfWork:
-        return OneStatementUnitOfWork(self.pool, self.reference)
+        return OneStatementUnitOfWork(self.pool, self.reference, self.cache)

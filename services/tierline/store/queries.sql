@@ -28,6 +28,11 @@ ON CONFLICT (stream_id) DO UPDATE
     WHERE streams.version = $13
 RETURNING version
 
+-- read_head_unless_at --
+-- A stream's version, and its snapshot unless it is at version $2 (which the caller holds)
+SELECT version, CASE WHEN version = $2 THEN NULL ELSE snapshot::text END AS snapshot_json
+FROM streams WHERE stream_id = $1
+
 -- append_command --
 -- A whole command in one statement, with no transaction around it (OneStatementUnitOfWork).
 -- The head moves from version $13 only if nobody moved it since it was read; the events go in
