@@ -41,8 +41,8 @@ def summary(latencies: list[float]) -> dict[str, float]:
 
 
 @contextmanager
-def dev_stack(port: int = 18080) -> Iterator[dict[str, Any]]:
-    """`tierline dev` in a fresh data dir as a subprocess; yields its dev.json."""
+def dev_stack(port: int = 18080, env: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+    """`tierline dev` in a fresh data dir as a subprocess; yields its dev.json (and its pid)."""
     data = Path(tempfile.mkdtemp(prefix="tierline-bench-"))
     env = {
         **os.environ,
@@ -50,6 +50,7 @@ def dev_stack(port: int = 18080) -> Iterator[dict[str, Any]]:
         "TIERLINE_LOG_LEVEL": "WARNING",
         # The load client drives one key far past a per-key limit on purpose.
         "TIERLINE_RATE_LIMIT_RPS": "0",
+        **(env or {}),
     }
     log = open(data / "dev.log", "w")  # noqa: SIM115  (closed below)
     proc = subprocess.Popen(
@@ -66,7 +67,12 @@ def dev_stack(port: int = 18080) -> Iterator[dict[str, Any]]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((data / "dev.log").read_text()[-3000:])
             time.sleep(0.1)
-        yield {**json.loads(info.read_text()), "admin_key": ADMIN_KEY, "data_dir": str(data)}
+        yield {
+            **json.loads(info.read_text()),
+            "admin_key": ADMIN_KEY,
+            "data_dir": str(data),
+            "dev_pid": proc.pid,
+        }
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -74,6 +80,36 @@ def dev_stack(port: int = 18080) -> Iterator[dict[str, Any]]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def tree_cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `root` and its descendants, grouped as
+    PostgreSQL (postmaster and backends), Tansu, and the rest (`tierline dev`'s Python)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            raw = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        stats[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
+    inside, changed = {root}, True
+    while changed:
+        changed = False
+        for pid, (parent, _, _) in stats.items():
+            if parent in inside and pid not in inside:
+                inside.add(pid)
+                changed = True
+    used = {"tierline": 0.0, "postgres": 0.0, "tansu": 0.0}
+    for pid in inside & stats.keys():
+        _, comm, cpu = stats[pid]
+        group = "postgres" if comm.startswith("postgres") else "tansu" if "tansu" in comm else None
+        used[group or "tierline"] += cpu
+    return used
 
 
 PACKAGES = (

@@ -18,7 +18,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
+import resource
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -35,7 +40,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import dev_stack, save, summary
+from bench.common import dev_stack, save, summary, tree_cpu_seconds
 from bench.sla import cpu_seconds, new_database, role_env, role_process
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import ManagedProcess, free_port, wait_for_tcp
@@ -96,6 +101,146 @@ async def http_load(
         "commands_per_s": round(len(latencies) / elapsed),
         **summary(latencies),
     }
+
+
+LOADGEN_SOURCE = Path(__file__).resolve().parent / "loadgen"
+
+
+def build_loadgen() -> Path:
+    """Compile bench/loadgen (standard library only: no module download) into a temp dir."""
+    go = shutil.which("go")
+    if go is None:
+        raise SystemExit("the Go load client needs `go` on PATH (or run with --client python)")
+    out = Path(tempfile.mkdtemp(prefix="tierline-loadgen-")) / "loadgen"
+    subprocess.run(
+        [go, "build", "-o", str(out), "."],
+        cwd=LOADGEN_SOURCE,
+        check=True,
+        env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"},
+    )
+    return out
+
+
+async def go_load(
+    loadgen: Path, api: str, key: str, clients: int, seconds: float, hot: int | None
+) -> dict[str, Any]:
+    """The same load as `http_load`, from the Go client (bench/loadgen/main.go)."""
+    argv = [str(loadgen), "-url", api, "-key", key, "-clients", str(clients)]
+    argv += ["-seconds", str(seconds), "-hot", str(hot or 0)]
+    done = await asyncio.to_thread(subprocess.run, argv, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {done.stderr[-2000:]}")
+    row: dict[str, Any] = json.loads(done.stdout)
+    return {
+        "clients": row["clients"],
+        "issues": row["issues"],
+        "commands": row["commands"],
+        "errors": row["errors"],
+        "commands_per_s": round(row["commands_per_s"]),
+        "p50_ms": round(row["p50_ms"], 2),
+        "p99_ms": round(row["p99_ms"], 2),
+        "mean_ms": round(row["mean_ms"], 2),
+    }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def measured_load(
+    args: argparse.Namespace,
+    loadgen: Path | None,
+    dev: dict[str, Any],
+    clients: int,
+    hot: int | None,
+) -> dict[str, Any]:
+    """One measured load with the CPU every process group spent on it, per command."""
+    api, key = dev["api_url"], dev["admin_key"]
+    if loadgen is not None:
+        await go_load(loadgen, api, key, clients, 1.0, hot)  # warm-up
+    else:
+        await http_load(api, key, clients, 1.0, hot)
+    before, started = tree_cpu_seconds(dev["dev_pid"]), time.time()
+    client_before = _children_cpu() if loadgen is not None else time.process_time()
+    if loadgen is not None:
+        row = await go_load(loadgen, api, key, clients, args.seconds, hot)
+        client = _children_cpu() - client_before
+    else:
+        row = await http_load(api, key, clients, args.seconds, hot)
+        client = time.process_time() - client_before
+    elapsed = time.time() - started
+    used = {k: v - before[k] for k, v in tree_cpu_seconds(dev["dev_pid"]).items()}
+    used["load client"] = client
+    commands = max(1, row["commands"])
+    row["cpu_ms_per_command"] = {k: round(v * 1000 / commands, 3) for k, v in used.items()}
+    row["cpu_cores"] = {k: round(v / elapsed, 2) for k, v in used.items()}
+    row["load_average_1m"] = round(os.getloadavg()[0], 2)
+    return row
+
+
+async def http_part(args: argparse.Namespace) -> dict[str, Any]:
+    """Every write path, client count and scenario, runs interleaved across write paths."""
+    loadgen = build_loadgen() if args.client == "go" else None
+    rows: list[dict[str, Any]] = []
+    for run in range(args.http_runs):
+        for path in args.write_paths:
+            with dev_stack(env={"TIERLINE_WRITE_PATH": path}) as dev:
+                headers = {"Authorization": f"Bearer {dev['admin_key']}"}
+                async with aiohttp.ClientSession(dev["api_url"], headers=headers) as http:
+                    await http.post("/v1/vendors", json={"id": "bench", "name": "Bench"})
+                for clients in args.clients:
+                    for hot in (None, args.hot):
+                        row = await measured_load(args, loadgen, dev, clients, hot)
+                        row |= {
+                            "run": run,
+                            "write_path": path,
+                            "scenario": "distinct" if hot is None else f"hot({hot})",
+                        }
+                        rows.append(row)
+                        console.print(row)
+    return {"client": args.client, "runs": rows, "http": http_medians(rows, args.write_paths)}
+
+
+def http_medians(rows: list[dict[str, Any]], paths: list[str]) -> list[dict[str, Any]]:
+    """Per write path, clients and scenario: medians over runs; per run, the ratio of each
+    write path to the first one measured in the same run (paired)."""
+    out = []
+    keys = sorted({(r["clients"], r["scenario"]) for r in rows}, key=lambda k: (k[0], k[1]))
+    for clients, scenario in keys:
+        for path in paths:
+            mine = [
+                r
+                for r in rows
+                if (r["clients"], r["scenario"], r["write_path"]) == (clients, scenario, path)
+            ]
+            base = [
+                r
+                for r in rows
+                if (r["clients"], r["scenario"], r["write_path"]) == (clients, scenario, paths[0])
+            ]
+            cpu_groups = mine[0]["cpu_ms_per_command"].keys()
+            row: dict[str, Any] = {
+                "write_path": path,
+                "clients": clients,
+                "scenario": scenario,
+                "runs": len(mine),
+                "commands_per_s": round(statistics.median(r["commands_per_s"] for r in mine)),
+                "commands_per_s_runs": [r["commands_per_s"] for r in mine],
+                "p50_ms": round(statistics.median(r["p50_ms"] for r in mine), 2),
+                "p99_ms": round(statistics.median(r["p99_ms"] for r in mine), 2),
+                "errors": sum(r["errors"] for r in mine),
+                "cpu_ms_per_command": {
+                    g: round(statistics.median(r["cpu_ms_per_command"][g] for r in mine), 3)
+                    for g in cpu_groups
+                },
+            }
+            if path != paths[0]:
+                row[f"paired_ratio_vs_{paths[0]}"] = paired_ratio(
+                    [r["commands_per_s"] for r in mine], [r["commands_per_s"] for r in base]
+                )
+            out.append(row)
+    return out
 
 
 def realistic_payloads(count: int) -> list[tuple[str, str, str]]:
@@ -308,18 +453,13 @@ async def main(args: argparse.Namespace) -> None:
         await split_main(args)
         return
     results: dict[str, Any] = {"http": [], "append": []}
+    if not args.skip_http:
+        results |= await http_part(args)
+    if args.skip_append:
+        render(results)
+        console.print(f"saved {save(args.out or 'write_path', results)}")
+        return
     with dev_stack() as dev:
-        api, key = dev["api_url"], dev["admin_key"]
-        async with aiohttp.ClientSession(api, headers={"Authorization": f"Bearer {key}"}) as http:
-            await http.post("/v1/vendors", json={"id": "bench", "name": "Bench"})
-        if not args.skip_http:
-            for clients in args.clients:
-                for hot in (None, args.hot):
-                    await http_load(api, key, clients, 1.0, hot)  # warm-up
-                    row = await http_load(api, key, clients, args.seconds, hot)
-                    row["scenario"] = "distinct" if hot is None else f"hot({hot})"
-                    results["http"].append(row)
-                    console.print(row)
         url = await prepare_append_db(dev["database_url"])
         host_port = url.split("@", 1)[1].split("/", 1)[0]
         dsn = {
@@ -366,16 +506,22 @@ async def main(args: argparse.Namespace) -> None:
 def render(results: dict[str, Any]) -> None:
     target = results.get("target", "tierline dev")
     table = Table(title=f"HTTP commands (comments) through {target}")
-    for col in ("scenario", "clients", "commands/s", "p50 ms", "p99 ms", "errors"):
+    cols = ("write path", "scenario", "clients", "commands/s", "p50 ms", "p99 ms", "errors")
+    for col in (*cols, "ratio", "CPU ms/command"):
         table.add_column(col)
     for r in results["http"]:
+        ratio = next((v for k, v in r.items() if k.startswith("paired_ratio")), "")
+        cpu = r.get("cpu_ms_per_command") or r.get("cpu_cores") or {}
         table.add_row(
+            r.get("write_path", ""),
             r["scenario"],
             str(r["clients"]),
             str(r["commands_per_s"]),
             str(r["p50_ms"]),
             str(r["p99_ms"]),
             str(r["errors"]),
+            str(ratio),
+            " ".join(f"{k} {v}" for k, v in cpu.items()),
         )
     console.print(table)
     table = Table(title="In-process append, one transaction per event (median of runs)")
@@ -406,6 +552,22 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--events", type=int, default=8000, help="events per append run")
     parser.add_argument("--runs", type=int, default=3, help="append runs per writer count")
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-append", action="store_true")
+    parser.add_argument(
+        "--client",
+        choices=("go", "python"),
+        default="go",
+        help="HTTP load client: bench/loadgen in Go (default; leaves the CPU to the server) or"
+        " aiohttp in this process",
+    )
+    parser.add_argument(
+        "--write-paths",
+        type=lambda s: s.split(","),
+        default=["locking", "one-statement"],
+        help="TIERLINE_WRITE_PATH values to compare, interleaved in each run; ratios are to the"
+        " first",
+    )
+    parser.add_argument("--http-runs", type=int, default=3, help="interleaved HTTP runs")
     parser.add_argument(
         "--api-workers",
         type=int,

@@ -14,9 +14,11 @@ from tests.fixtures.stack import Stack, running_stack, stack_settings
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture
-async def api(database_url: str, tansu: str, topic: str):  # type: ignore[no-untyped-def]
-    async with running_stack(stack_settings(database_url, tansu, topic), roles=["api"]) as s:
+@pytest.fixture(params=["one-statement", "locking"])
+async def api(database_url: str, tansu: str, topic: str, request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The API on each write path (TIERLINE_WRITE_PATH): every test here runs on both."""
+    settings = stack_settings(database_url, tansu, topic, write_path=request.param)
+    async with running_stack(settings, roles=["api"]) as s:
         yield s
 
 

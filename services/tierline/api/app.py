@@ -282,7 +282,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         if settings.write_path == "one-statement"
         else app[UNITS]
     )
-    app[ISSUE_QUEUE] = IssueQueue()
+    app[ISSUE_QUEUE] = IssueQueue(enabled=settings.write_path == "one-statement")
     app[ISSUES] = IssueService(app[UNITS])
     app[INBOUND] = InboundReceiver(pool, app[UNITS], app[ISSUES])
     app[KEY_CACHE] = ApiKeyCache(pool, settings.database_url)
