@@ -70,7 +70,8 @@ class IssueStore(Protocol):
         """The issue as last committed, without locking."""
 
     async def get_for_update(self, issue_id: str) -> Issue | None:
-        """The issue, locked until the unit of work ends (commands on it queue up)."""
+        """The issue, locked until the unit of work ends (commands on it queue up); or, in the
+        one-statement unit (docs/adr/0013), read unlocked and checked again when written."""
 
     async def append(
         self,
