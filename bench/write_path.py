@@ -51,6 +51,7 @@ from tierline.store.api_keys import create_api_key
 from tierline.store.event_store import NewEvent, append_events, lock_head
 from tierline.store.migrate import migrate_url
 from tierline.store.pool import create_pool
+from tierline.store.unit_of_work import QUERIES as STORE_QUERIES
 
 console = Console()
 
@@ -273,8 +274,7 @@ async def tierline_append(
 ) -> float:
     """Events/s through `append_events`, one transaction per event, one stream per writer: lock
     the head, insert the event, move the head and store the snapshot."""
-    pool = await asyncpg.create_pool(database_url, min_size=writers, max_size=writers)
-    assert pool is not None
+    pool = await create_pool(database_url, min_size=writers, max_size=writers)
     now = datetime.now(UTC)
 
     async def writer(offset: int) -> None:
@@ -293,6 +293,49 @@ async def tierline_append(
                     snapshot_json=snapshot,
                     time=now,
                 )
+
+    started = time.perf_counter()
+    await asyncio.gather(*(writer(n * 97) for n in range(writers)))
+    elapsed = time.perf_counter() - started
+    await pool.close()
+    return writers * per_writer / elapsed
+
+
+async def tierline_one_statement_append(
+    database_url: str, writers: int, per_writer: int, payloads: list[tuple[str, str, str]]
+) -> float:
+    """Events/s as the API's one-statement unit of work writes a command (ADR 0013): read the
+    head (its snapshot cached, so only the version comes back), then `append_command` moves the
+    head, inserts the event and stores the snapshot in one statement, without a transaction."""
+    pool = await create_pool(database_url, min_size=writers, max_size=writers)
+    now = datetime.now(UTC)
+
+    async def writer(offset: int) -> None:
+        stream = str(uuid.uuid4())
+        kind, data, snapshot = payloads[offset % len(payloads)]
+        async with pool.acquire() as conn:  # the stream's first event opens it
+            await append_events(
+                conn,
+                stream_id=stream,
+                stream_type="bench",
+                vendor_id=None,
+                expected_version=0,
+                events=[NewEvent(kind, data)],
+                snapshot_json=snapshot,
+                time=now,
+            )
+        for version in range(1, per_writer):
+            kind, data, snapshot = payloads[(offset + version) % len(payloads)]
+            async with pool.acquire() as conn:
+                head = await conn.fetchrow(STORE_QUERIES["read_head_unless_at"], stream, version)
+                assert head is not None and head["snapshot_json"] is None
+                row = await conn.fetchrow(
+                    STORE_QUERIES["append_command"],
+                    *(stream, "bench", None, [uuid.uuid4()], [version + 1], [kind], [now]),
+                    *([data], None, version + 1, snapshot, now, version),
+                    *(None,) * 8,
+                )
+                assert row is not None and row["moved"] == 1
 
     started = time.perf_counter()
     await asyncio.gather(*(writer(n * 97) for n in range(writers)))
@@ -473,9 +516,17 @@ async def main(args: argparse.Namespace) -> None:
         results["append_runs"] = args.runs
         for writers in args.writers:
             per_writer = args.events // writers
-            runs: dict[str, list[float]] = {"tierline": [], "aggregate": [], "application": []}
-            for _ in range(args.runs):  # interleaved, so drift on the machine hits all three
+            runs: dict[str, list[float]] = {
+                "tierline": [],
+                "tierline_one_statement": [],
+                "aggregate": [],
+                "application": [],
+            }
+            for _ in range(args.runs):  # interleaved, so drift on the machine hits all four
                 runs["tierline"].append(await tierline_append(url, writers, per_writer, payloads))
+                runs["tierline_one_statement"].append(
+                    await tierline_one_statement_append(url, writers, per_writer, payloads)
+                )
                 for kind in ("aggregate", "application"):
                     runs[kind].append(
                         await asyncio.to_thread(
@@ -487,6 +538,7 @@ async def main(args: argparse.Namespace) -> None:
                 "writers": writers,
                 "runs": {k: [round(x) for x in v] for k, v in runs.items()},
                 "tierline_events_per_s": round(med["tierline"]),
+                "tierline_one_statement_events_per_s": round(med["tierline_one_statement"]),
                 "aggregate_recorder_events_per_s": round(med["aggregate"]),
                 "application_recorder_events_per_s": round(med["application"]),
                 "ratio_vs_aggregate": round(med["tierline"] / med["aggregate"], 2),
@@ -495,6 +547,12 @@ async def main(args: argparse.Namespace) -> None:
                 # cancels most of the machine's drift between runs.
                 "paired_ratio_vs_aggregate": paired_ratio(runs["tierline"], runs["aggregate"]),
                 "paired_ratio_vs_application": paired_ratio(runs["tierline"], runs["application"]),
+                "one_statement_paired_ratio_vs_aggregate": paired_ratio(
+                    runs["tierline_one_statement"], runs["aggregate"]
+                ),
+                "one_statement_paired_ratio_vs_application": paired_ratio(
+                    runs["tierline_one_statement"], runs["application"]
+                ),
             }
             results["append"].append(row)
             console.print(row)
@@ -525,12 +583,14 @@ def render(results: dict[str, Any]) -> None:
         )
     console.print(table)
     table = Table(title="In-process append, one transaction per event (median of runs)")
-    for col in ("writers", "tierline", "aggregate rec.", "ratio", "application rec.", "ratio"):
+    cols = ("writers", "tierline (locking)", "one-statement", "aggregate rec.", "ratio")
+    for col in (*cols, "application rec.", "ratio"):
         table.add_column(col)
     for r in results["append"]:
         table.add_row(
             str(r["writers"]),
             str(r["tierline_events_per_s"]),
+            str(r.get("tierline_one_statement_events_per_s", "")),
             str(r["aggregate_recorder_events_per_s"]),
             str(r["ratio_vs_aggregate"]),
             str(r["application_recorder_events_per_s"]),
