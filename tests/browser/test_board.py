@@ -10,13 +10,16 @@ critical violation), and every page is saved as a screenshot under a temporary d
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, expect
 
@@ -43,7 +46,57 @@ async def board_stack(pg_admin_dsn: str, tansu: str) -> AsyncIterator[Stack]:
     async with stack_on_own_database(
         pg_admin_dsn, tansu, seed=demo_history, board_refresh_seconds=0.5
     ) as stack:
+        await projected_history(stack)
         yield stack
+
+
+async def log_path_report(stack: Stack, issue_id: str) -> str:
+    """Where an issue's events stand on the log path: published by the relay, applied by each
+    consumer, projected into the read model."""
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        events = await conn.fetch(
+            "SELECT version, type, time, published_at FROM events WHERE stream_id = $1"
+            " ORDER BY version",
+            issue_id,
+        )
+        applied = await conn.fetch(
+            "SELECT consumer, version FROM consumer_stream_versions WHERE stream_id = $1",
+            issue_id,
+        )
+        projected = await conn.fetchval(
+            "SELECT version FROM read.issues WHERE issue_id = $1", issue_id
+        )
+        unpublished = await conn.fetchval("SELECT count(*) FROM events WHERE published_at IS NULL")
+        offsets = await conn.fetch("SELECT * FROM consumer_offsets ORDER BY 1, 2, 3")
+    finally:
+        await conn.close()
+    return (
+        f"now {datetime.now(UTC).isoformat()}; events {[tuple(r) for r in events]};"
+        f" applied per consumer {[tuple(r) for r in applied]}; read model version {projected};"
+        f" unpublished events {unpublished}; offsets {[tuple(r) for r in offsets]}"
+    )
+
+
+async def projected_history(stack: Stack) -> None:
+    """Wait until the projector has read the seeded history from the log (the relay publishes
+    it at start; on a busy machine that takes tens of seconds), so the tests' own waits are on
+    the pages, not on the log."""
+    conn = await asyncpg.connect(stack.settings.database_url)
+    try:
+        deadline = time.monotonic() + LOG_WAIT_MS / 1000 * 2
+        while time.monotonic() < deadline:
+            behind = await conn.fetchval(
+                "SELECT count(*) FROM streams s WHERE s.stream_type = 'issue' AND NOT EXISTS"
+                " (SELECT 1 FROM read.issues r WHERE r.issue_id = s.stream_id"
+                " AND r.version = s.version)"
+            )
+            if behind == 0:
+                return
+            await asyncio.sleep(0.2)
+        pytest.fail(f"{behind} seeded issues not projected after {LOG_WAIT_MS * 2 / 1000:.0f}s")
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +181,10 @@ async def test_admin_acts_on_an_issue_and_a_second_page_sees_it_live(
 
     # The second page shows the escalation without being reloaded.
     live = watcher.locator("#h-escalations ~ ul li", has_text=title)
-    await expect(live).to_contain_text("tier 1 → 2", timeout=LOG_WAIT_MS)
+    try:
+        await expect(live).to_contain_text("tier 1 → 2", timeout=LOG_WAIT_MS)
+    except AssertionError as exc:  # say which stage of the log path held the event
+        raise AssertionError(f"{exc}\n{await log_path_report(board_stack, issue_id)}") from None
     assert await watcher.evaluate("window.boardTestMarker") == "not reloaded"
 
     await page.get_by_role("button", name="Sign out").click()
