@@ -192,6 +192,7 @@ class Replay:
         await self._prepare(pool)
         self._progress.phase("rebuilding")
         rebuilder = await self._build(pool, partitions)
+        self._progress.phase("indexing")
         await self._index(pool)
         try:
             if not self._swap:
