@@ -116,7 +116,7 @@ UPDATE public.consumer_offsets SET consumer = $1 WHERE consumer = $2 AND topic =
 -- record_replay_streams --
 -- The last version per stream a rebuild process applied, written once, when it flushes
 INSERT INTO public.consumer_stream_versions (consumer, stream_id, version)
-SELECT $1, s, v FROM unnest($2::text[], $3::int[]) AS t(s, v)
+SELECT $1, s, v FROM unnest($2::text[], $3::int[]) AS t(s, v) ORDER BY s
 ON CONFLICT (consumer, stream_id) DO UPDATE SET version = EXCLUDED.version
 
 -- take_over_streams --
