@@ -135,18 +135,79 @@ async def store_and_publish(
 # --------------------------------------------------------------------------- tierline
 
 
-async def tierline_replays(settings: Settings, runs: int) -> list[dict[str, float]]:
-    """Full replays (rebuild and swap), each from offset 0."""
+async def tierline_replays(
+    settings: Settings, runs: int, servers: dict[str, int | None]
+) -> list[dict[str, Any]]:
+    """Full replays (rebuild and swap), each from offset 0, with the CPU each party used.
+
+    The CPU seconds show where the two cores went: the replay's own processes (this one and its
+    rebuild workers), PostgreSQL (postmaster and backends) and the broker.
+    """
     results = []
     for run in range(1, runs + 1):
+        before = cpu_seconds(servers)
         with progress_bar(console) as bar:
             result = await Replay(settings, progress=RichProgress(bar)).run()
-        results.append({"events": result.events, "seconds": round(result.seconds, 3)})
+        after = cpu_seconds(servers)
+        cpu = {name: round(after[name] - before[name], 2) for name in after}
+        results.append(
+            {
+                "events": result.events,
+                "seconds": round(result.seconds, 3),
+                "cpu_seconds": cpu,
+                "load_1m": round(os.getloadavg()[0], 2),
+            }
+        )
         console.print(
             f"replay {run}: {result.events:,} events in {result.seconds:.2f}s = "
-            f"{result.events_per_second:,.0f} events/s"
+            f"{result.events_per_second:,.0f} events/s; CPU s "
+            + ", ".join(f"{name} {value}" for name, value in cpu.items())
         )
     return results
+
+
+def cpu_share(runs: list[dict[str, Any]]) -> dict[str, float]:
+    """Each party's share of the CPU seconds all replays used together."""
+    totals: dict[str, float] = {}
+    for run in runs:
+        for name, seconds in run["cpu_seconds"].items():
+            totals[name] = totals.get(name, 0.0) + seconds
+    used = sum(totals.values()) or 1.0
+    return {name: round(seconds / used, 3) for name, seconds in totals.items()}
+
+
+def cpu_seconds(servers: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds used so far by this process and its reaped children (the rebuild workers),
+    and by each server's process tree."""
+    own = os.times()
+    used = {"replay": own.user + own.system + own.children_user + own.children_system}
+    for name, pid in servers.items():
+        used[name] = 0.0 if pid is None else _tree_cpu_seconds(pid)
+    return used
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of a process, its live descendants and their reaped children (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command name: state ppid ... utime(12) stime cutime cstime.
+        fields = stat[stat.rindex(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        total += ticks.get(pid, 0)
+        todo += children.get(pid, [])
+    return total / tick
 
 
 # --------------------------------------------------------------------------- eventsourcing
@@ -777,12 +838,14 @@ async def replay_part(args: argparse.Namespace) -> dict[str, Any]:
                 kafka_partitions=PARTITIONS,
                 consumer_batch_size=args.batch,
             )
-            runs = await tierline_replays(settings, args.runs)
+            servers = {"postgres": postgres.pid, "broker": broker.pid}
+            runs = await tierline_replays(settings, args.runs, servers)
             rates = [r["events"] / r["seconds"] for r in runs]
             out["tierline_replay"] = {
                 "runs": runs,
                 "median_events_per_s": round(statistics.median(rates)),
                 "batch_size": max(args.batch, 5000),
+                "cpu_share": cpu_share(runs),
             }
             if not args.skip_peer:
                 # Tierline's replay commits its batches with synchronous_commit off (a lost

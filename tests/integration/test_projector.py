@@ -24,6 +24,7 @@ from tierline.eventlog.cloudevents import LogEvent
 from tierline.eventlog.kafka import ensure_topic
 from tierline.projector.gate import ReplayGate
 from tierline.projector.handler import Projector
+from tierline.projector.rebuild import REPLAY_CONSUMER
 from tierline.projector.replay import Replay, replay_command
 from tierline.projector.role import CONSUMER_NAME, ProjectorConsumer, group_for
 from tierline.projector.tables import LIVE_SCHEMA, PROJECTION_TABLES, REPLAY_SCHEMA, ReadTables
@@ -224,6 +225,34 @@ async def test_a_scratch_replay_rebuilds_beside_the_live_tables_and_swaps_nothin
         assert rebuilt == before, f"the scratch rebuild differs from the live build (seed {SEED})"
         assert after["issue_timeline"] != before["issue_timeline"], "the live tables were touched"
         assert after["issues"] == before["issues"]
+
+
+async def test_a_replay_applies_records_the_log_holds_twice_once(
+    database_url: str, tansu: str, topic: str
+) -> None:
+    """A relay that died between sending and marking sends again: the rebuild workers, which
+    keep applied versions in memory until they flush, skip the second copies like the live
+    projector does, and leave the versions for the live projector to take over."""
+    settings = settings_for(database_url, tansu, topic)
+    async with relaying(settings, ("relay", "projector")) as pool:
+        await append_commands(pool, seeded(4).commands(150))
+        await published(pool)
+        resent = await pool.execute("UPDATE events SET published_at = NULL WHERE version % 2 = 0")
+        assert resent != "UPDATE 0", f"the workload had no second events (seed {SEED})"
+        await published(pool)
+        await caught_up(pool)
+        result = await Replay(settings, swap=False, workers=2).run()
+        logged = await pool.fetchval("SELECT count(*) FROM events")
+        assert result.events > logged, "the log holds no second copies: nothing was tested"
+        assert await snapshot(pool, REPLAY_SCHEMA) == await snapshot(pool, LIVE_SCHEMA), (
+            f"the rebuild differs from the live build (seed {SEED})"
+        )
+        versions = await pool.fetch(
+            "SELECT stream_id, version FROM consumer_stream_versions WHERE consumer = $1",
+            REPLAY_CONSUMER,
+        )
+        heads = await pool.fetch("SELECT stream_id, version FROM streams")
+        assert dict(versions) == dict(heads), "applied versions not recorded for the swap"
 
 
 class Killed(Exception):

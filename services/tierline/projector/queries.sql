@@ -113,6 +113,12 @@ DELETE FROM public.consumer_offsets WHERE consumer = $1 AND topic = $2
 -- Consumer $1 continues from where consumer $2 got to on topic $3
 UPDATE public.consumer_offsets SET consumer = $1 WHERE consumer = $2 AND topic = $3
 
+-- record_replay_streams --
+-- The last version per stream a rebuild process applied, written once, when it flushes
+INSERT INTO public.consumer_stream_versions (consumer, stream_id, version)
+SELECT $1, s, v FROM unnest($2::text[], $3::int[]) AS t(s, v) ORDER BY s
+ON CONFLICT (consumer, stream_id) DO UPDATE SET version = EXCLUDED.version
+
 -- take_over_streams --
 -- Consumer $1 takes over the applied versions per stream of consumer $2
 UPDATE public.consumer_stream_versions SET consumer = $1 WHERE consumer = $2

@@ -4,10 +4,10 @@
    tables being rebuilt (`LIKE ... INCLUDING ALL EXCLUDING INDEXES`); consumer
    `projector-replay` starts afresh.
 2. The log is read from the beginning of every partition, outside any consumer group, through
-   the projector's own fold (`apply_batch`: offsets and applied versions commit with every
-   batch), by worker processes that share the partitions out (rebuild.py). The copies get the
-   live tables' keys and indexes once loaded. Live projectors keep serving and updating the
-   old tables meanwhile.
+   the projector's own fold, by worker processes that share the partitions out (rebuild.py);
+   offsets commit with every batch, the applied versions per stream once a worker flushes. The
+   copies get the live tables' keys and indexes once loaded. Live projectors keep serving and
+   updating the old tables meanwhile.
 3. One transaction then takes the swap lock exclusively (live projectors pause between
    batches, see gate.py), lets the rebuild reach where the live projector stands, moves the old
    tables out and the new ones into `read` (keeping list order, grants and views), hands the
@@ -192,6 +192,7 @@ class Replay:
         await self._prepare(pool)
         self._progress.phase("rebuilding")
         rebuilder = await self._build(pool, partitions)
+        self._progress.phase("indexing")
         await self._index(pool)
         try:
             if not self._swap:
