@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     webhooks_timeout: float = 15.0
     webhooks_per_subscription_concurrency: int = 4
     sla_max_batch: int = 500
+    # Transactions a scanner splits each claimed batch into (None: one per pooled connection
+    # it may use). Each is one set-based unit of work (IssueService.execute_many).
+    sla_groups: int | None = Field(default=None, ge=1)
 
     @field_validator("webhooks_retry_schedule", mode="before")
     @classmethod

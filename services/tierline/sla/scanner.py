@@ -104,6 +104,7 @@ class SlaScanner:
         clock_table: ClockTable,
         batch_size: int = 500,
         concurrency: int = 8,
+        groups: int | None = None,
         lease_seconds: float = 5.0,
         max_lease_seconds: float = 300.0,
         max_sleep: float = NOTIFY_HORIZON,
@@ -118,6 +119,8 @@ class SlaScanner:
         self._clock_table = clock_table
         self._batch_size = batch_size
         self._concurrency = concurrency
+        # Set-based units of work per claimed batch (default: one per connection it may use).
+        self._groups = max(1, min(groups or concurrency, concurrency))
         self._lease = lease_seconds
         self._max_lease = max_lease_seconds
         # Longer sleeps would miss clocks written without a NOTIFY (see NOTIFY_HORIZON).
@@ -207,13 +210,13 @@ class SlaScanner:
     async def fire_all(self, due: Sequence[DueClock]) -> None:
         """Fire claimed clocks in a few transactions, then store all their answers at once.
 
-        The batch is split by issue into at most `concurrency` groups; each group's commands
+        The batch is split by issue into at most `groups` groups; each group's commands
         are decided and appended in one unit of work (`IssueService.execute_many`), in claim
         order per issue. Only the grouping differs from one command per transaction: `decide`
         still refuses a second breach of a clock, and a group that fails leaves its clocks
         leased, to be claimed again.
         """
-        groups: list[list[DueClock]] = [[] for _ in range(max(1, self._concurrency))]
+        groups: list[list[DueClock]] = [[] for _ in range(self._groups)]
         issues = {item.issue_id for item in due}
         for item in due:
             groups[hash(item.issue_id) % len(groups)].append(item)
