@@ -16,6 +16,7 @@ scans are at least `min_interval` (20 ms) apart unless the first claimed a full 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -243,12 +244,14 @@ class SlaScanner:
             log.error("sla_commands_failed", count=len(group), error=repr(exc))
             return []
         issues = []
+        # (command, result) counted here and added to the metric once per batch
+        results: collections.Counter[tuple[str, str]] = collections.Counter()
         for item, command, answer in zip(group, commands, answers, strict=True):
             name = type(command).__name__
             if isinstance(answer, IssueNotFound):
                 await self._pool.execute(QUERIES["forget_issue_clocks"], item.issue_id)
             elif isinstance(answer, Exception):
-                COMMANDS.labels(name, "failed").inc()
+                results[name, "failed"] += 1
                 log.error(
                     "sla_command_failed",
                     issue_id=item.issue_id,
@@ -257,8 +260,10 @@ class SlaScanner:
                     error=repr(answer),
                 )
             else:
-                COMMANDS.labels(name, _result(answer.issue, command)).inc()
+                results[name, _result(answer.issue, command)] += 1
                 issues.append(answer.issue)
+        for labels, count in results.items():
+            COMMANDS.labels(*labels).inc(count)
         return issues
 
     async def _store(self, issues: Sequence[Issue]) -> None:
