@@ -28,6 +28,12 @@ ON CONFLICT (stream_id) DO UPDATE
     WHERE streams.version = $13
 RETURNING version
 
+-- stream_events --
+-- Every event of one stream, in version order
+SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
+    inbound_source, inbound_delivery
+FROM events WHERE stream_id = $1 ORDER BY version
+
 -- lock_stream_heads --
 -- Lock many streams' head rows for this transaction, in id order (two batches cannot deadlock)
 SELECT stream_id, version, snapshot::text AS snapshot_json FROM streams
@@ -59,12 +65,6 @@ WITH moved AS (
 )
 -- (A data-modifying CTE runs to completion whether or not the outer query reads it.)
 SELECT array_agg(stream_id) FROM moved
-
--- stream_events --
--- Every event of one stream, in version order
-SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
-    inbound_source, inbound_delivery
-FROM events WHERE stream_id = $1 ORDER BY version
 
 -- find_external_ref --
 -- The issue an external system's key refers to
