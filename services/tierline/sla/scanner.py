@@ -3,7 +3,8 @@
 Any number of scanners may run. A claim is one short statement: the due rows are locked with
 `FOR UPDATE SKIP LOCKED` and their `next_fire_at` moves past a lease, so no other worker takes
 them while this one sends the commands. The commands (`RecordSlaWarning`, `RecordSlaBreach`,
-`RecomputeSla`) go through `IssueService.execute` like any API call, and `decide` refuses a
+`RecomputeSla`) go through the write path like any API call (a claimed batch through its
+set-based form, `IssueService.execute_many`, in `groups` units of work), and `decide` refuses a
 warning or breach that is already recorded: two workers racing, a lease running out, or a
 worker killed between its command and its bookkeeping can delay an outcome, never repeat it.
 A killed worker's claims come back to every worker when their lease ends.
