@@ -19,6 +19,7 @@ from tierline.domain import commands as c
 from tierline.domain.events import Event
 from tierline.domain.issue import InvalidTransition, Issue, Rules, decide, evolve
 from tierline.service_layer.unit_of_work import (
+    BatchIssueStore,
     ExternalRef,
     NewEvent,
     Origin,
@@ -209,7 +210,10 @@ class IssueService:
             by_issue.setdefault(issue_id, []).append(index)
         answers: dict[int, Answer] = {}
         async with self.units() as uow:
-            locked = await uow.issues.lock_many(sorted(by_issue))
+            store = uow.issues
+            if not isinstance(store, BatchIssueStore):
+                raise TypeError("execute_many needs a unit of work with lock_many/append_many")
+            locked = await store.lock_many(sorted(by_issue))
             rules: dict[str, Rules | None] = {}
             appends = []
             for issue_id in sorted(by_issue):
@@ -221,7 +225,7 @@ class IssueService:
                     answers[index] = batch.run(principal, commands[index][1], rules)
                 if batch.append is not None:
                     appends.append(batch.append)
-            await uow.issues.append_many(appends)
+            await store.append_many(appends)
         return [answers[i] for i in range(len(commands))]
 
     async def _execute_in(

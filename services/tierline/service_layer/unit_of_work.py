@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tierline.domain.issue import Issue, Rules
 
@@ -102,6 +102,21 @@ class IssueStore(Protocol):
     ) -> None:
         """Append events after `expected_version` and store `issue` as the new snapshot."""
 
+    async def find_ref(self, system: str, key: str) -> ExternalRef | None:
+        """The issue an external ref names, if any."""
+
+    async def add_ref(self, system: str, key: str, ref: ExternalRef) -> bool:
+        """Register a ref; False when another unit of work registered it first."""
+
+
+@runtime_checkable
+class BatchIssueStore(IssueStore, Protocol):
+    """An issue store with the set-based batch form (`IssueService.execute_many`).
+
+    Apart from `IssueStore` so that a unit of work without it (one that never locks) still
+    serves single commands; both adapters here (PostgreSQL, memory) have it.
+    """
+
     async def lock_many(self, issue_ids: Sequence[str]) -> dict[str, Issue]:
         """The issues that exist among these, all locked (in id order) until the unit of work
         ends; for a batch of commands."""
@@ -110,12 +125,6 @@ class IssueStore(Protocol):
         """Append several existing issues' events and new snapshots at once; raises
         StreamVersionConflict, and stores none of them, when any is not at its expected
         version."""
-
-    async def find_ref(self, system: str, key: str) -> ExternalRef | None:
-        """The issue an external ref names, if any."""
-
-    async def add_ref(self, system: str, key: str, ref: ExternalRef) -> bool:
-        """Register a ref; False when another unit of work registered it first."""
 
 
 class IdempotencyRecords(Protocol):
