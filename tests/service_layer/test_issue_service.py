@@ -36,7 +36,7 @@ from tierline.service_layer.unit_of_work import (
     UnitOfWorkFactory,
 )
 from tierline.store.event_store import stream_events
-from tierline.store.memory import MemoryWriteSide
+from tierline.store.memory import MemoryUnitOfWork, MemoryWriteSide
 from tierline.store.pool import create_pool
 from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 from tierline.store.vendors import insert_vendor
@@ -424,3 +424,26 @@ async def test_the_memory_and_postgres_batch_paths_agree(
     assert seen[0] == seen[1]
     assert seen[0][0][3] == "IssueNotFound"  # another vendor's issue, to a vendor key
     assert seen[0][0][-1] == "IssueNotFound"
+
+
+async def test_a_batch_refuses_a_unit_of_work_without_the_batch_form() -> None:
+    """A unit of work that cannot lock a batch at once is refused, not run half-way."""
+    rules = Rules(governance=DEFAULT_GOVERNANCE, calendar=BusinessCalendar(TWENTY_FOUR_SEVEN))
+    memory = MemoryWriteSide(rules={"acme": rules})
+    issue = (await IssueService(memory.unit_of_work).open(SYSTEM, opening())).issue
+
+    class SingleOnly:
+        """The memory store's single-issue methods only."""
+
+        def __init__(self, inner: object) -> None:
+            for name in ("get", "get_for_update", "append", "find_ref", "add_ref"):
+                setattr(self, name, getattr(inner, name))
+
+    def units() -> MemoryUnitOfWork:
+        uow = memory.unit_of_work()
+        uow.issues = SingleOnly(uow.issues)  # type: ignore[assignment]
+        return uow
+
+    with pytest.raises(TypeError, match="lock_many"):
+        await IssueService(units).execute_many([(issue.id, c.Acknowledge())])
+    assert memory.issue(issue.id) == issue
