@@ -49,6 +49,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench.common import ROOT, percentile, save
+from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import ManagedProcess
 from tierline.devstack.tansu import TansuBroker
@@ -382,7 +383,14 @@ async def tierline_scenario(
         "cpu_ms_per_breach": round(per_breach, 2),
         "postgres_statements_per_breach": statements,
         "load_average_1m": os.getloadavg()[0],
+        "sla_settings": scanner_settings(),
     }
+
+
+def scanner_settings() -> dict[str, int]:
+    """The claim size and units of work per claim the `tierline sla` processes ran with."""
+    settings = Settings()
+    return {"sla_max_batch": settings.sla_max_batch, "sla_groups": settings.sla_groups}
 
 
 def summarise_tierline(

@@ -375,6 +375,33 @@ async def test_two_workers_on_the_same_due_clocks_record_each_outcome_once(
             assert await h.event_names(issue.id) == ["opened", "sla_warning", "sla_breached"]
 
 
+@pytest.mark.parametrize("groups", [(1, 4), (3, 2)])
+async def test_workers_splitting_a_batch_differently_record_each_outcome_once(
+    database_url: str, groups: tuple[int, int]
+) -> None:
+    """Set-based units of work of different shapes over the same issues: no deadlock, no
+    repeat, and every outcome in its issue's order (warning, breach, escalation)."""
+    async with sla_harness(database_url, LADDER) as h:
+        issues = [await h.open("P1") for _ in range(40)]
+        await h.catch_up()
+        workers = [h.scanner(lease_seconds=0, groups=n, concurrency=4) for n in groups]
+        for seconds in (31, 61):  # past the 0.5 warning, then past the deadline
+            h.clock.now = T0 + seconds * SECOND
+            claims = [await w.claim_due(h.clock.now) for w in workers]
+            assert [len(claim) for claim in claims] == [40, 40]
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(w.fire_all(claim) for w, claim in zip(workers, claims, strict=True))
+                ),
+                30,
+            )
+        outcomes = await h.outcomes()
+        assert len(outcomes) == 80 and set(outcomes.values()) == {1}
+        for issue in issues:
+            names = await h.event_names(issue.id)
+            assert names == ["opened", "sla_warning", "sla_breached", "escalated"], names
+
+
 async def test_workers_scanning_side_by_side_record_each_breach_once(database_url: str) -> None:
     async with sla_harness(database_url, LADDER) as h:
         for _ in range(60):

@@ -19,9 +19,11 @@ from tierline.domain import commands as c
 from tierline.domain.events import Event
 from tierline.domain.issue import InvalidTransition, Issue, Rules, decide, evolve
 from tierline.service_layer.unit_of_work import (
+    BatchIssueStore,
     ExternalRef,
     NewEvent,
     Origin,
+    StreamAppend,
     UnitOfWork,
     UnitOfWorkFactory,
 )
@@ -80,6 +82,10 @@ class ExternalRefConflict(Exception):
 class RetryUnitOfWork(Exception):
     """A race was lost (another unit registered the same external ref first): run the whole
     unit of work again, and it will find what the winner committed."""
+
+
+# What `execute_many` answers per command: its outcome, or why the domain refused it.
+Answer = Outcome | IssueNotFound | InvalidTransition | UnknownVendor
 
 
 def _utcnow() -> datetime:
@@ -189,24 +195,37 @@ class IssueService:
 
     async def execute_many(
         self, commands: Sequence[tuple[str, c.Command]], *, principal: Principal = SYSTEM
-    ) -> list[Outcome | IssueNotFound | InvalidTransition | UnknownVendor]:
+    ) -> list[Answer]:
         """Run commands against many issues in one unit of work (the SLA engine's batches).
 
-        Each command is decided and appended exactly as `execute` would, in the given order;
-        one that the domain refuses is answered with its error and changes nothing, the others
-        still commit together. Issues are locked in id order, so two batches cannot deadlock.
+        Set-based: every issue of the batch is locked in one statement (in id order, so two
+        batches cannot deadlock), rules are read once per vendor, each issue's commands are
+        decided and folded in the given order exactly as `execute` would, and all the events
+        and new heads are appended in one statement, each head guarded by its version. A
+        command the domain refuses is answered with its error and changes nothing; the others
+        commit together.
         """
-        order = sorted(range(len(commands)), key=lambda i: commands[i][0])
-        answers: dict[int, Outcome | IssueNotFound | InvalidTransition | UnknownVendor] = {}
+        by_issue: dict[str, list[int]] = {}
+        for index, (issue_id, _) in enumerate(commands):
+            by_issue.setdefault(issue_id, []).append(index)
+        answers: dict[int, Answer] = {}
         async with self.units() as uow:
-            for index in order:
-                issue_id, command = commands[index]
-                try:
-                    answers[index] = await self._execute_in(
-                        uow, principal, issue_id, command, None, None
-                    )
-                except (IssueNotFound, InvalidTransition, UnknownVendor) as refused:
-                    answers[index] = refused
+            store = uow.issues
+            if not isinstance(store, BatchIssueStore):
+                raise TypeError("execute_many needs a unit of work with lock_many/append_many")
+            locked = await store.lock_many(sorted(by_issue))
+            rules: dict[str, Rules | None] = {}
+            appends = []
+            for issue_id in sorted(by_issue):
+                issue = locked.get(issue_id)
+                if issue is not None and issue.vendor_id not in rules:
+                    rules[issue.vendor_id] = await uow.rules_for(issue.vendor_id)
+                batch = _IssueBatch(issue_id, issue, self._clock)
+                for index in by_issue[issue_id]:
+                    answers[index] = batch.run(principal, commands[index][1], rules)
+                if batch.append is not None:
+                    appends.append(batch.append)
+            await store.append_many(appends)
         return [answers[i] for i in range(len(commands))]
 
     async def _execute_in(
@@ -258,6 +277,47 @@ class IssueService:
             origin,
         )
         return state
+
+
+class _IssueBatch:
+    """One issue's share of `execute_many`: its commands decided and folded in order."""
+
+    def __init__(self, issue_id: str, issue: Issue | None, clock: Callable[[], datetime]) -> None:
+        self.issue_id = issue_id
+        self.locked = issue
+        self.state = issue
+        self.events: list[NewEvent] = []
+        self.times: list[datetime] = []
+        self._clock = clock
+
+    def run(
+        self, principal: Principal, command: c.Command, rules: dict[str, Rules | None]
+    ) -> Answer:
+        """Decide one command on the state so far; its outcome, or the refusal as a value."""
+        state = self.state
+        if state is None or not principal.may_see(state.vendor_id):
+            return IssueNotFound(self.issue_id)
+        vendor_rules = rules[state.vendor_id]
+        if vendor_rules is None:
+            return UnknownVendor(state.vendor_id)
+        now = max(self._clock(), state.updated_at)
+        try:
+            events = decide(state, command, now, vendor_rules)
+        except InvalidTransition as refused:
+            return refused
+        for event in events:
+            state = evolve(state, event, issue_id=self.issue_id, version=state.version + 1, at=now)
+            self.events.append(NewEvent(event.event_type(), event.model_dump_json()))
+            self.times.append(now)
+        self.state = state
+        return Outcome(state, tuple(events))
+
+    @property
+    def append(self) -> StreamAppend | None:
+        """What to append for this issue, if any command recorded events."""
+        if self.locked is None or self.state is None or not self.events:
+            return None
+        return StreamAppend(self.state, self.locked.version, self.events, self.times)
 
 
 def _split_ref(ref: str | None) -> tuple[str, str] | None:

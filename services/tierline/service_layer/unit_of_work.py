@@ -9,10 +9,11 @@ service-layer tests run in milliseconds.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from tierline.domain.issue import Issue, Rules
 
@@ -36,6 +37,24 @@ class NewEvent:
 
     type: str
     data_json: str
+
+
+@dataclass(frozen=True)
+class StreamAppend:
+    """One issue's share of a batch append: its events (each with its time) after
+    `expected_version`, and `issue` as the new snapshot."""
+
+    issue: Issue
+    expected_version: int
+    events: Sequence[NewEvent]
+    times: Sequence[datetime]
+
+
+def check_distinct_streams(appends: Sequence[StreamAppend]) -> None:
+    """A batch append names each stream once (its events in one run); ValueError otherwise."""
+    ids = [append.issue.id for append in appends]
+    if len(set(ids)) != len(ids):
+        raise ValueError("a batch append names a stream more than once")
 
 
 @dataclass(frozen=True)
@@ -89,6 +108,24 @@ class IssueStore(Protocol):
 
     async def add_ref(self, system: str, key: str, ref: ExternalRef) -> bool:
         """Register a ref; False when another unit of work registered it first."""
+
+
+@runtime_checkable
+class BatchIssueStore(IssueStore, Protocol):
+    """An issue store with the set-based batch form (`IssueService.execute_many`).
+
+    Apart from `IssueStore` so that a unit of work without it (one that never locks) still
+    serves single commands; both adapters here (PostgreSQL, memory) have it.
+    """
+
+    async def lock_many(self, issue_ids: Sequence[str]) -> dict[str, Issue]:
+        """The issues that exist among these, all locked (in id order) until the unit of work
+        ends; for a batch of commands."""
+
+    async def append_many(self, appends: Sequence[StreamAppend]) -> None:
+        """Append several existing issues' events and new snapshots at once; raises
+        StreamVersionConflict, and stores none of them, when any is not at its expected
+        version."""
 
 
 class IdempotencyRecords(Protocol):

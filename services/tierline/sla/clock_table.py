@@ -153,8 +153,11 @@ async def store_clocks(conn: Conn, states: Sequence[IssueClocks], calendar_for: 
     if not accepted:
         return 0
     rows: list[ClockRow] = []
+    calendars: dict[str, BusinessCalendar] = {}  # one look-up per vendor, not per issue
     for state in accepted:
-        rows.extend(clock_rows(state, await calendar_for(state.vendor_id, conn)))
+        if state.vendor_id not in calendars:
+            calendars[state.vendor_id] = await calendar_for(state.vendor_id, conn)
+        rows.extend(clock_rows(state, calendars[state.vendor_id]))
     await conn.execute(
         QUERIES["delete_ended_clocks"],
         [s.issue_id for s in accepted],

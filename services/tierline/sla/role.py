@@ -52,6 +52,7 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
             clock_table=clock_table,
             batch_size=settings.sla_max_batch,
             concurrency=max(1, settings.db_pool_max - RESERVED_CONNECTIONS),
+            groups=settings.sla_groups,
             listen_url=settings.database_url,
         )
         log.info("sla_started", topic=settings.kafka_topic)

@@ -3,7 +3,8 @@
 Any number of scanners may run. A claim is one short statement: the due rows are locked with
 `FOR UPDATE SKIP LOCKED` and their `next_fire_at` moves past a lease, so no other worker takes
 them while this one sends the commands. The commands (`RecordSlaWarning`, `RecordSlaBreach`,
-`RecomputeSla`) go through `IssueService.execute` like any API call, and `decide` refuses a
+`RecomputeSla`) go through the write path like any API call (a claimed batch through its
+set-based form, `IssueService.execute_many`, in `groups` units of work), and `decide` refuses a
 warning or breach that is already recorded: two workers racing, a lease running out, or a
 worker killed between its command and its bookkeeping can delay an outcome, never repeat it.
 A killed worker's claims come back to every worker when their lease ends.
@@ -16,6 +17,7 @@ scans are at least `min_interval` (20 ms) apart unless the first claimed a full 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -104,6 +106,7 @@ class SlaScanner:
         clock_table: ClockTable,
         batch_size: int = 500,
         concurrency: int = 8,
+        groups: int | None = None,
         lease_seconds: float = 5.0,
         max_lease_seconds: float = 300.0,
         max_sleep: float = NOTIFY_HORIZON,
@@ -118,6 +121,8 @@ class SlaScanner:
         self._clock_table = clock_table
         self._batch_size = batch_size
         self._concurrency = concurrency
+        # Set-based units of work per claimed batch (default: one per connection it may use).
+        self._groups = max(1, min(groups or concurrency, concurrency))
         self._lease = lease_seconds
         self._max_lease = max_lease_seconds
         # Longer sleeps would miss clocks written without a NOTIFY (see NOTIFY_HORIZON).
@@ -207,13 +212,13 @@ class SlaScanner:
     async def fire_all(self, due: Sequence[DueClock]) -> None:
         """Fire claimed clocks in a few transactions, then store all their answers at once.
 
-        The batch is split by issue into at most `concurrency` groups; each group's commands
+        The batch is split by issue into at most `groups` groups; each group's commands
         are decided and appended in one unit of work (`IssueService.execute_many`), in claim
         order per issue. Only the grouping differs from one command per transaction: `decide`
         still refuses a second breach of a clock, and a group that fails leaves its clocks
         leased, to be claimed again.
         """
-        groups: list[list[DueClock]] = [[] for _ in range(max(1, self._concurrency))]
+        groups: list[list[DueClock]] = [[] for _ in range(self._groups)]
         issues = {item.issue_id for item in due}
         for item in due:
             groups[hash(item.issue_id) % len(groups)].append(item)
@@ -240,12 +245,14 @@ class SlaScanner:
             log.error("sla_commands_failed", count=len(group), error=repr(exc))
             return []
         issues = []
+        # (command, result) counted here and added to the metric once per batch
+        results: collections.Counter[tuple[str, str]] = collections.Counter()
         for item, command, answer in zip(group, commands, answers, strict=True):
             name = type(command).__name__
             if isinstance(answer, IssueNotFound):
                 await self._pool.execute(QUERIES["forget_issue_clocks"], item.issue_id)
             elif isinstance(answer, Exception):
-                COMMANDS.labels(name, "failed").inc()
+                results[name, "failed"] += 1
                 log.error(
                     "sla_command_failed",
                     issue_id=item.issue_id,
@@ -254,8 +261,10 @@ class SlaScanner:
                     error=repr(answer),
                 )
             else:
-                COMMANDS.labels(name, _result(answer.issue, command)).inc()
+                results[name, _result(answer.issue, command)] += 1
                 issues.append(answer.issue)
+        for labels, count in results.items():
+            COMMANDS.labels(*labels).inc(count)
         return issues
 
     async def _store(self, issues: Sequence[Issue]) -> None:

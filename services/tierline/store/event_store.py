@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import NamedTuple
@@ -11,7 +12,7 @@ import asyncpg
 
 # Re-exported: the write side appends the port's events and raises the port's conflict.
 from tierline.service_layer.unit_of_work import NewEvent as NewEvent
-from tierline.service_layer.unit_of_work import Origin
+from tierline.service_layer.unit_of_work import Origin, StreamAppend, check_distinct_streams
 from tierline.service_layer.unit_of_work import StreamVersionConflict as StreamVersionConflict
 from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn
@@ -104,6 +105,67 @@ async def append_events(
     if row is None:
         raise StreamVersionConflict(stream_id, expected_version)
     return ids
+
+
+async def lock_heads(conn: Conn, stream_ids: Sequence[str]) -> dict[str, StreamHead]:
+    """Lock the head rows of these streams, in id order; the ones that exist, by id."""
+    rows = await conn.fetch(QUERIES["lock_stream_heads"], list(stream_ids))
+    return {row["stream_id"]: StreamHead(row["version"], row["snapshot_json"]) for row in rows}
+
+
+async def append_to_streams(
+    conn: Conn, appends: Sequence[StreamAppend], stream_type: str = "issue"
+) -> None:
+    """Append the events of many existing streams and move their heads, in one statement.
+
+    Raises StreamVersionConflict when any head is not at its expected version (or an event's
+    version is taken); the statement's effects then stand only until the caller's transaction
+    rolls back, which the raise causes.
+    """
+    check_distinct_streams(appends)
+    if not appends:
+        return
+    ids: list[uuid.UUID] = []
+    streams: list[str] = []
+    vendors: list[str] = []
+    versions: list[int] = []
+    types: list[str] = []
+    times: list[datetime] = []
+    data: list[str] = []
+    for append in appends:
+        issue = append.issue
+        for offset, (event, at) in enumerate(zip(append.events, append.times, strict=True), 1):
+            ids.append(uuid.uuid4())
+            streams.append(issue.id)
+            vendors.append(issue.vendor_id)
+            versions.append(append.expected_version + offset)
+            types.append(event.type)
+            times.append(at)
+            data.append(event.data_json)
+    heads = [a.issue for a in appends]
+    try:
+        moved = await conn.fetchval(
+            QUERIES["append_to_streams"],
+            stream_type,
+            ids,
+            streams,
+            vendors,
+            versions,
+            types,
+            times,
+            data,
+            [issue.id for issue in heads],
+            [a.expected_version for a in appends],
+            [issue.version for issue in heads],
+            [issue.model_dump_json() for issue in heads],
+            [issue.updated_at for issue in heads],
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise StreamVersionConflict(appends[0].issue.id, appends[0].expected_version) from exc
+    moved_ids = set(moved or ())
+    stuck = [a for a in appends if a.issue.id not in moved_ids]
+    if stuck:
+        raise StreamVersionConflict(stuck[0].issue.id, stuck[0].expected_version)
 
 
 async def stream_events(conn: Conn | asyncpg.Pool, stream_id: str) -> list[StoredEvent]:

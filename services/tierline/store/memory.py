@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -115,6 +116,38 @@ class MemoryIssueStore:
                 )
             )
         staged.heads[issue.id] = issue.model_dump_json()
+
+    async def lock_many(self, issue_ids: Sequence[str]) -> dict[str, Issue]:
+        """The existing issues among these, locked in id order for this unit of work."""
+        found = {}
+        for issue_id in sorted(set(issue_ids)):
+            await self._uow.lock(("issue", issue_id))
+            issue = await self.get(issue_id)
+            if issue is not None:
+                found[issue_id] = issue
+        return found
+
+    async def append_many(self, appends: Sequence[port.StreamAppend]) -> None:
+        """Stage every issue's events and head, or none when any head moved on."""
+        port.check_distinct_streams(appends)
+        for append in appends:
+            current = await self.get(append.issue.id)
+            if current is None or current.version != append.expected_version:
+                raise port.StreamVersionConflict(append.issue.id, append.expected_version)
+        for append in appends:
+            staged = self._uow.staged
+            for offset, (event, at) in enumerate(zip(append.events, append.times, strict=True), 1):
+                staged.events.append(
+                    StoredEvent(
+                        append.issue.id,
+                        append.expected_version + offset,
+                        event.type,
+                        json.loads(event.data_json),
+                        at,
+                        None,
+                    )
+                )
+            staged.heads[append.issue.id] = append.issue.model_dump_json()
 
     async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:
         """The committed (or this unit's own) registration of a ref."""

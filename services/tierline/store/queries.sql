@@ -69,6 +69,38 @@ SELECT event_id, stream_id, version, type, time, data::text AS data_json, tracep
     inbound_source, inbound_delivery
 FROM events WHERE stream_id = $1 ORDER BY version
 
+-- lock_stream_heads --
+-- Lock many streams' head rows for this transaction, in id order (two batches cannot deadlock)
+SELECT stream_id, version, snapshot::text AS snapshot_json FROM streams
+WHERE stream_id = ANY($1::text[])
+ORDER BY stream_id
+FOR UPDATE
+
+-- append_to_streams --
+-- One round trip for a batch: each existing head moves only from its expected version
+-- The events of the heads that moved go in, in array order (so positions follow versions); the
+-- caller compares the heads moved with the heads given and raises on any difference, which
+-- rolls the whole transaction back.
+WITH moved AS (
+    UPDATE streams AS s
+    SET version = h.version, snapshot = h.snapshot::jsonb, updated_at = h.updated_at
+    FROM unnest($9::text[], $10::int[], $11::int[], $12::text[], $13::timestamptz[])
+        AS h(stream_id, expected, version, snapshot, updated_at)
+    WHERE s.stream_id = h.stream_id AND s.version = h.expected
+    RETURNING s.stream_id
+), appended AS (
+    INSERT INTO events (event_id, stream_id, stream_type, vendor_id, version, type, time, data)
+    SELECT e.event_id, e.stream_id, $1, e.vendor_id, e.version, e.type, e.time, e.data::jsonb
+    FROM unnest(
+        $2::uuid[], $3::text[], $4::text[], $5::int[], $6::text[], $7::timestamptz[], $8::text[]
+    ) WITH ORDINALITY AS e(event_id, stream_id, vendor_id, version, type, time, data, n)
+    WHERE e.stream_id IN (SELECT stream_id FROM moved)
+    ORDER BY e.n
+    RETURNING 1
+)
+-- (A data-modifying CTE runs to completion whether or not the outer query reads it.)
+SELECT array_agg(stream_id) FROM moved
+
 -- find_external_ref --
 -- The issue an external system's key refers to
 SELECT stream_id, vendor_id FROM external_refs WHERE system = $1 AND key = $2

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -60,6 +60,18 @@ class PostgresIssueStore:
             traceparent=traceparent,
             origin=origin,
         )
+
+    async def lock_many(self, issue_ids: Sequence[str]) -> dict[str, Issue]:
+        """The existing issues among these, their head rows locked in one statement."""
+        heads = await event_store.lock_heads(self._conn, issue_ids)
+        return {
+            issue_id: Issue.model_validate_json(head.snapshot_json)
+            for issue_id, head in heads.items()
+        }
+
+    async def append_many(self, appends: Sequence[port.StreamAppend]) -> None:
+        """Every issue's events and new head in one statement (`append_to_streams`)."""
+        await event_store.append_to_streams(self._conn, appends)
 
     async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:
         """The issue and vendor that registered this ref."""
