@@ -142,6 +142,29 @@ async def api(stack: Stack, method: str, path: str, **kwargs: Any) -> Any:
         return await resp.json()
 
 
+async def test_a_change_before_the_first_refresh_still_appears(
+    board_stack: Stack, context: BrowserContext
+) -> None:
+    """An escalation made right after the overview was rendered, before its first refresh tick
+    (1 s at the earliest), still shows up: the first refresh's answer is not just a baseline."""
+    base = board_stack.api_url
+    title = f"Early change {uuid.uuid4().hex[:6]}"
+    issue_id = await open_issue(board_stack, "acme-it", title)
+    page = await context.new_page()
+    await page.goto(f"{base}/board/")
+    await sign_in(page, base, board_stack.admin_key)
+    await page.goto(f"{base}/board/?vendor=acme-it")
+    await page.evaluate("window.boardTestMarker = 'not reloaded'")
+    body = {"to_tier": 2, "reason": "before the first tick"}
+    await api(board_stack, "POST", f"/v1/issues/{issue_id}/escalate", json=body)
+    live = page.locator("#h-escalations ~ ul li", has_text=title)
+    try:
+        await expect(live).to_contain_text("tier 1 → 2", timeout=LOG_WAIT_MS)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{await log_path_report(board_stack, issue_id)}") from None
+    assert await page.evaluate("window.boardTestMarker") == "not reloaded"
+
+
 async def test_admin_acts_on_an_issue_and_a_second_page_sees_it_live(
     board_stack: Stack, context: BrowserContext, shots: Path
 ) -> None:

@@ -30,13 +30,13 @@ function liveRefresh(region) {
       }
       const html = await res.text();
       if (html !== region.dataset.last) {
-        const changed = region.dataset.last !== undefined;
+        // The first answer is shown too: a change made between the page's rendering and the
+        // first tick would otherwise become the baseline and never appear.
+        const first = region.dataset.last === undefined;
         region.dataset.last = html;
-        if (changed) {
-          region.innerHTML = html;
-          localTimes(region);
-          if (status) status.textContent = "Updated " + new Date().toLocaleTimeString();
-        }
+        region.innerHTML = html;
+        localTimes(region);
+        if (!first && status) status.textContent = "Updated " + new Date().toLocaleTimeString();
       }
     } catch (err) {
       // a network blip: try again at the next tick
