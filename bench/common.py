@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -82,11 +82,19 @@ def dev_stack(port: int = 18080, env: dict[str, str] | None = None) -> Iterator[
         log.close()
 
 
-def tree_cpu_seconds(root: int) -> dict[str, float]:
-    """CPU seconds (user + system) used so far by `root` and its descendants, grouped as
-    PostgreSQL (postmaster and backends), Tansu, and the rest (`tierline dev`'s Python)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    stats: dict[int, tuple[int, str, float]] = {}
+class ProcStat(NamedTuple):
+    """One process as /proc/PID/stat shows it (CPU in clock ticks)."""
+
+    ppid: int
+    comm: str
+    ticks: int  # utime + stime
+    child_ticks: int  # cutime + cstime: its reaped children
+
+
+def process_tree(root: int) -> dict[int, ProcStat]:
+    """`root` and its live descendants, read from /proc (Linux)."""
+    table: dict[int, ProcStat] = {}
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -94,21 +102,34 @@ def tree_cpu_seconds(root: int) -> dict[str, float]:
             raw = (entry / "stat").read_text()
         except OSError:
             continue
-        comm = raw[raw.index("(") + 1 : raw.rindex(")")]
+        # Fields after the command name: state ppid ... utime(12) stime cutime cstime.
         fields = raw[raw.rindex(")") + 2 :].split()
-        stats[int(entry.name)] = (int(fields[1]), comm, (int(fields[11]) + int(fields[12])) / tick)
-    inside, changed = {root}, True
-    while changed:
-        changed = False
-        for pid, (parent, _, _) in stats.items():
-            if parent in inside and pid not in inside:
-                inside.add(pid)
-                changed = True
+        pid = int(entry.name)
+        table[pid] = ProcStat(
+            int(fields[1]),
+            raw[raw.index("(") + 1 : raw.rindex(")")],
+            int(fields[11]) + int(fields[12]),
+            int(fields[13]) + int(fields[14]),
+        )
+        children.setdefault(table[pid].ppid, []).append(pid)
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            tree[pid] = table[pid]
+        todo += children.get(pid, [])
+    return tree
+
+
+def tree_cpu_seconds(root: int) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by `root` and its descendants, grouped as
+    PostgreSQL (postmaster and backends), Tansu, and the rest (`tierline dev`'s Python)."""
+    tick = os.sysconf("SC_CLK_TCK")
     used = {"tierline": 0.0, "postgres": 0.0, "tansu": 0.0}
-    for pid in inside & stats.keys():
-        _, comm, cpu = stats[pid]
+    for proc in process_tree(root).values():
+        comm = proc.comm
         group = "postgres" if comm.startswith("postgres") else "tansu" if "tansu" in comm else None
-        used[group or "tierline"] += cpu
+        used[group or "tierline"] += proc.ticks / tick
     return used
 
 

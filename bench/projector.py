@@ -52,7 +52,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from bench.common import ADMIN_KEY, dev_stack, save, summary
+from bench.common import ADMIN_KEY, dev_stack, process_tree, save, summary
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import ManagedProcess, free_port
@@ -188,26 +188,8 @@ def cpu_seconds(servers: dict[str, int | None]) -> dict[str, float]:
 
 def _tree_cpu_seconds(root: int) -> float:
     """User + system CPU of a process, its live descendants and their reaped children (Linux)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    children: dict[int, list[int]] = {}
-    ticks: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # Fields after the command name: state ppid ... utime(12) stime cutime cstime.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        ticks[int(entry.name)] = sum(int(f) for f in fields[11:15])
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        total += ticks.get(pid, 0)
-        todo += children.get(pid, [])
-    return total / tick
+    tree = process_tree(root).values()
+    return sum(p.ticks + p.child_ticks for p in tree) / os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- eventsourcing
