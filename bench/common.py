@@ -123,13 +123,17 @@ def process_tree(root: int) -> dict[int, ProcStat]:
 
 def tree_cpu_seconds(root: int) -> dict[str, float]:
     """CPU seconds (user + system) used so far by `root` and its descendants, grouped as
-    PostgreSQL (postmaster and backends), Tansu, and the rest (`tierline dev`'s Python)."""
+    PostgreSQL (postmaster and backends), Tansu, and the rest (`tierline dev`'s Python: its
+    own process, which runs the API, as `dev_process`, and all of it with the role processes
+    as `tierline`)."""
     tick = os.sysconf("SC_CLK_TCK")
-    used = {"tierline": 0.0, "postgres": 0.0, "tansu": 0.0}
-    for proc in process_tree(root).values():
+    used = {"tierline": 0.0, "dev_process": 0.0, "postgres": 0.0, "tansu": 0.0}
+    for pid, proc in process_tree(root).items():
         comm = proc.comm
         group = "postgres" if comm.startswith("postgres") else "tansu" if "tansu" in comm else None
         used[group or "tierline"] += proc.ticks / tick
+        if pid == root:
+            used["dev_process"] += proc.ticks / tick
     return used
 
 

@@ -457,9 +457,9 @@ Buckets = dict[tuple[str, str | None], dict[float, float]]
 
 @contextlib.asynccontextmanager
 async def dev_shape() -> AsyncIterator[dict[str, Any]]:
-    """`tierline dev`: every role in one process, Tansu; its API serves every metric."""
+    """`tierline dev` on Tansu; each of its processes serves its own metrics (dev.json)."""
     with dev_stack(port=free_port()) as dev:
-        yield {**dev, "metrics": [f"{dev['api_url']}/metrics"]}
+        yield {**dev, "metrics": list(dev["metrics"].values())}
 
 
 async def freshness(rate: float, seconds: float, seed: int, shape: Any) -> dict[str, Any]:

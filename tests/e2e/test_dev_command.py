@@ -51,8 +51,15 @@ def descendants(pid: int) -> set[int]:
     return found
 
 
-def start_dev(data_dir: Path, port: int) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
-    env = {**os.environ, "TIERLINE_BOOTSTRAP_ADMIN_KEY": KEY, "TIERLINE_LOG_LEVEL": "WARNING"}
+def start_dev(
+    data_dir: Path, port: int, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    env = {
+        **os.environ,
+        "TIERLINE_BOOTSTRAP_ADMIN_KEY": KEY,
+        "TIERLINE_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
     (data_dir / "dev.json").unlink(missing_ok=True)
     log = open(data_dir.parent / f"dev-{port}.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
@@ -308,5 +315,104 @@ def test_dev_demo_prints_the_board_and_its_history_fills_every_chart(tmp_path: P
             lambda: len(call(f"{info['api_url']}/v1/issues?limit=500")["items"]), "issues"
         )
         assert again == issues, "a second start seeded the history again"
+    finally:
+        stop_dev(proc)
+
+
+def _metric(url: str, name: str, **labels: str) -> float:
+    """The value of one sample in a /metrics page (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+def _open_and_wait_listed(api: str) -> str:
+    """Open an issue and wait until the projector lists it; its id."""
+    call(f"{api}/v1/vendors", "POST", {"id": "acme", "name": "Acme"})
+    issue = call(
+        f"{api}/v1/issues",
+        "POST",
+        {"vendor_id": "acme", "title": "listed", "category": "quality", "priority": "P3"},
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any(i["id"] == issue["id"] for i in call(f"{api}/v1/issues")["items"]):
+            return str(issue["id"])
+        time.sleep(0.2)
+    pytest.fail("the opened issue never reached the list")
+
+
+def _role_pids(dev_pid: int) -> dict[str, int]:
+    """The dev stack's role processes by role name."""
+    out = {}
+    for pid in descendants(dev_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"tierline.devstack.role_processes" in argv:
+            out[argv[argv.index(b"tierline.devstack.role_processes") + 1].decode()] = pid
+    return out
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_dev_runs_each_background_role_in_its_own_process(tmp_path: Path) -> None:
+    """Relay and projector really work from their own processes; a dead one stops the stack."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    proc, info = start_dev(data_dir, free_port())
+    try:
+        assert set(info["metrics"]) == {"api", "relay", "projector", "sla", "webhooks"}
+        assert len(set(info["metrics"].values())) == 5
+        pids = _role_pids(proc.pid)
+        assert set(pids) == {"relay", "projector", "sla", "webhooks"}
+        _open_and_wait_listed(info["api_url"])
+        metrics = info["metrics"]
+        assert _metric(metrics["relay"], "tierline_relay_events_published_total") >= 1
+        applied = "tierline_consumer_events_applied_total"
+        assert _metric(metrics["projector"], applied, consumer="projector") >= 1
+        # The API process did neither: the work happened in the children.
+        assert _metric(metrics["api"], "tierline_relay_events_published_total") == 0
+        everything = descendants(proc.pid)
+        os.kill(pids["projector"], signal.SIGKILL)
+        assert proc.wait(timeout=60) != 0
+    finally:
+        if proc.poll() is None:
+            stop_dev(proc)
+    output = (tmp_path / f"dev-{info['api_url'].rsplit(':', 1)[1]}.log").read_text()
+    assert "tierline dev: the projector role exited (code -9)" in output
+    assert "Traceback" not in output, output[-3000:]
+    time.sleep(0.5)
+    left = [pid for pid in everything if Path(f"/proc/{pid}").exists() and _alive(pid)]
+    assert not left, f"processes left behind: {left}"
+    assert not (data_dir / "dev.json").exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_dev_with_every_role_in_one_process(tmp_path: Path) -> None:
+    """TIERLINE_DEV_PROCESSES=one: no role processes, and the read models still follow."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    proc, info = start_dev(data_dir, free_port(), {"TIERLINE_DEV_PROCESSES": "one"})
+    try:
+        assert set(info["metrics"]) == {"api"}
+        assert _role_pids(proc.pid) == {}
+        _open_and_wait_listed(info["api_url"])
+        assert _metric(info["metrics"]["api"], "tierline_relay_events_published_total") >= 1
     finally:
         stop_dev(proc)

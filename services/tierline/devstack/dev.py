@@ -1,4 +1,8 @@
-"""`tierline dev`: PostgreSQL and a broker as child processes, then every role in this process."""
+"""`tierline dev`: PostgreSQL and a broker as child processes, then the roles.
+
+The API runs in this process; relay, projector, sla and webhooks run as child processes
+(devstack/role_processes.py), or in this process too with TIERLINE_DEV_PROCESSES=one.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import structlog
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import free_port
+from tierline.devstack.role_processes import BACKGROUND_ROLES, RoleExited, RoleProcesses
 from tierline.devstack.secret_key import dev_secret_key
 from tierline.devstack.tansu import TansuBroker
 from tierline.eventlog.kafka import TANSU_FETCH_MAX_WAIT_MS, ensure_topic
@@ -145,7 +150,11 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
 
             # Before the roles start: the SLA engine must not race the backdated breaches.
             await seed_history(database_url, VENDORS)
-        return await _serve(settings, key, demo, stop, started, data_dir, database_url)
+        try:
+            return await _serve(settings, key, demo, stop, started, data_dir, database_url)
+        except RoleExited as exc:
+            print(f"tierline dev: {exc}", file=sys.stderr)
+            return 1
     finally:
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(postgres.stop)
@@ -164,29 +173,72 @@ async def _serve(
     from tierline.api.app import create_app  # noqa: F401  (fail early on import errors)
     from tierline.roles import available_roles, run_roles
 
-    roles = asyncio.create_task(run_roles(settings, list(available_roles()), stop))
-    api_url = f"http://{settings.api_host}:{settings.api_port}"
-    if not await _wait_http(f"{api_url}/readyz", roles, stop):
-        print("  Stopped before the stack was ready.", file=sys.stderr)
-        return 0
-    if demo and key is not None:
-        from tierline.devstack.demo import seed_demo
+    children: RoleProcesses | None = None
+    roles: asyncio.Task[None] | None = None
+    names = list(available_roles())
+    if settings.dev_processes == "per-role":
+        children = RoleProcesses(settings, data_dir / "logs" / "tierline.log", BACKGROUND_ROLES)
+        names = [name for name in names if name not in BACKGROUND_ROLES]
+    try:
+        if children is not None:
+            children.start()
+        roles = asyncio.create_task(run_roles(settings, names, stop))
+        if children is not None:
+            roles = asyncio.create_task(_with_children(roles, children, stop))
+        api_url = f"http://{settings.api_host}:{settings.api_port}"
+        if not await _wait_http(f"{api_url}/readyz", roles, stop):
+            print("  Stopped before the stack was ready.", file=sys.stderr)
+            return 0
+        if children is not None and not await children.wait_ready(stop):
+            print("  Stopped before the stack was ready.", file=sys.stderr)
+            await roles
+            return 0
+        if demo and key is not None:
+            from tierline.devstack.demo import seed_demo
 
-        await seed_demo(api_url, key)
-    (data_dir / "dev.json").write_text(
-        json.dumps(
-            {
-                "api_url": api_url,
-                "database_url": database_url,
-                "kafka_bootstrap": settings.kafka_bootstrap,
-                "pid": os.getpid(),
-            },
-            indent=2,
+            await seed_demo(api_url, key)
+        (data_dir / "dev.json").write_text(
+            json.dumps(
+                {
+                    "api_url": api_url,
+                    "database_url": database_url,
+                    "kafka_bootstrap": settings.kafka_bootstrap,
+                    "pid": os.getpid(),
+                    # Where each process serves its metrics (the API's include its own only).
+                    "metrics": {
+                        "api": f"{api_url}/metrics",
+                        **(children.metrics if children is not None else {}),
+                    },
+                },
+                indent=2,
+            )
         )
-    )
-    _banner(settings, key, started, data_dir)
-    await roles
-    return 0
+        _banner(settings, key, started, data_dir)
+        await roles
+        return 0
+    finally:
+        if roles is not None and not roles.done():
+            stop.set()
+            await asyncio.gather(roles, return_exceptions=True)
+        if children is not None:
+            await asyncio.to_thread(children.stop)
+
+
+async def _with_children(
+    roles: asyncio.Task[None], children: RoleProcesses, stop: asyncio.Event
+) -> None:
+    """The in-process roles and the children as one task: either failing stops both."""
+    watch = asyncio.create_task(children.watch(stop))
+    try:
+        done, _ = await asyncio.wait({roles, watch}, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                stop.set()
+                await asyncio.gather(roles, watch, return_exceptions=True)
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(roles, watch)
+    finally:
+        watch.cancel()
 
 
 async def _wait_http(
