@@ -10,6 +10,7 @@ gap-free and answer each key once.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import AsyncIterator
 
@@ -23,7 +24,11 @@ from tierline.domain import commands as c
 from tierline.service_layer.issues import SYSTEM, IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.service_layer.unit_of_work import StreamVersionConflict
-from tierline.store.one_statement import OneStatementUnitOfWork, OneStatementUnitOfWorkFactory
+from tierline.store.one_statement import (
+    CacheTrust,
+    OneStatementUnitOfWork,
+    OneStatementUnitOfWorkFactory,
+)
 from tierline.store.pool import create_pool
 from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 
@@ -202,6 +207,7 @@ async def test_a_cached_snapshot_is_replaced_once_another_writer_moved_the_head(
     issue_id = await _issue(two_apis[0])
     reference = ReferenceData(pool)
     units = OneStatementUnitOfWorkFactory(pool, reference)
+    units.trust = CacheTrust(limit=0.0)  # never decide on the cache unread: read every time
     async with units() as unit:
         before = await unit.issues.get(issue_id)
     assert before is not None and before.version == 1 and len(units.cache) == 1
@@ -212,3 +218,72 @@ async def test_a_cached_snapshot_is_replaced_once_another_writer_moved_the_head(
     assert after is not None and after.version == 2 and after.priority == "P1"
     async with units() as unit:
         assert await unit.issues.get(issue_id) is units.cache.get(issue_id)  # served cached
+
+
+async def test_a_stale_trusted_cache_never_reaches_an_answer(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each process decides on its cached issue without reading while the cache was current;
+    the other process moves the head in between. Whatever the command, its answer must be the
+    one the stored head gives: a 200 shows the head it wrote, a 409 the status the head really
+    had, a 412 only for an If-Match that really was stale."""
+    # Both processes always decide on their caches unread (in production a process stops
+    # trusting a cache that was often stale): the checks alone must keep the answers right.
+    monkeypatch.setattr(CacheTrust, "trusted", property(lambda _: True))
+    issue_id = await _issue(two_apis[0])
+    rng = random.Random(20261201)
+    bodies = {
+        "acknowledge": lambda: {},
+        "hold": lambda: {"reason": "waiting on the vendor"},
+        "resume": lambda: {},
+        # Two values each: many commands change nothing, which writes no event to guard.
+        "priority": lambda: {"priority": rng.choice(["P2", "P3"])},
+        "assign": lambda: {"assignee": rng.choice(["ana", "bo"])},
+        "escalate": lambda: {"reason": "no answer"},
+        "deescalate": lambda: {"reason": "calmer"},
+        "resolve": lambda: {"resolution": "fixed"},
+        "reopen": lambda: {"reason": "back again"},
+        "comments": lambda: {"body": "note"},
+    }
+    stale_before = _cached("stale")
+    key_of_one = two_apis[0].admin_key
+    async with two_apis[0].client() as one, two_apis[1].client(key_of_one) as two:
+        for step in range(120):
+            head = await pool.fetchrow(
+                "SELECT version, snapshot->>'status' AS status FROM streams WHERE stream_id = $1",
+                issue_id,
+            )
+            name = rng.choice([*bodies, "priority", "assign", "priority", "assign"])
+            headers, match = None, rng.random()
+            if match < 0.3:
+                headers = {"If-Match": f'"{head["version"]}"'}
+            elif match < 0.4:
+                headers = {"If-Match": f'"{head["version"] + rng.choice([-1, 1])}"'}
+            status, body, _ = await command(
+                (one, two)[rng.randrange(2)], issue_id, name, bodies[name](), headers
+            )
+            after = await pool.fetchrow(
+                "SELECT version, snapshot::text AS snapshot FROM streams WHERE stream_id = $1",
+                issue_id,
+            )
+            stored = json.loads(after["snapshot"])
+            where = (step, name, headers, status, body)
+            if status == 200:
+                assert body["version"] == after["version"], where
+                for field in ("status", "tier", "priority"):
+                    assert body[field] == stored[field], where
+            elif status == 409:
+                assert body["status_now"] == head["status"], where
+                assert after["version"] == head["version"], where
+            elif status == 412:
+                assert headers is not None and headers["If-Match"] != f'"{head["version"]}"', where
+                assert body["current_version"] == head["version"], where
+            else:
+                raise AssertionError(where)
+            if headers is not None and headers["If-Match"] != f'"{head["version"]}"':
+                assert status == 412, where
+    assert _cached("stale") > stale_before, "no cached issue was ever stale: nothing was tested"
+
+
+def _cached(result: str) -> float:
+    return REGISTRY.get_sample_value("tierline_cached_issues_total", {"result": result}) or 0.0

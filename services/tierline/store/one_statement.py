@@ -14,6 +14,15 @@ The issues a process last read or wrote stay in a small cache (`SnapshotCache`):
 fetches the snapshot only when the head moved past the cached version, and the API skips
 parsing it (a snapshot at a version never changes).
 
+While the cache has mostly been current (it usually is: with one API process, the only other
+writers are the SLA engine and replays), the unit skips the read and decides on the cached issue
+(a command in one round trip). Nothing decided on a stale issue can leave the unit: a write is
+guarded by the version anyway; a command that writes nothing, and a refusal (409, 412), is
+checked against the head first. Where the head moved, the unit raises `StreamVersionConflict`
+and the caller runs the command again on the fresh issue. How often the cache was current is
+tracked per process (`CacheTrust`); below 80% (several API processes on one hot issue) the unit
+reads first again.
+
 Only issue commands run here: opening an issue registers external refs in the same
 transaction, and other routes write through `connection`, so they keep the locking unit.
 """
@@ -30,6 +39,7 @@ from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from prometheus_client import Counter
 
 from tierline.domain.issue import Issue, Rules
 from tierline.service_layer import unit_of_work as port
@@ -37,6 +47,12 @@ from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
 
 QUERIES = load_queries("tierline.store")
+
+CACHED_ISSUES = Counter(
+    "tierline_cached_issues_total",
+    "Cached issues found current or stale by a read or a guarded write (store/one_statement.py)",
+    ["result"],
+)
 
 
 @dataclass(frozen=True)
@@ -73,12 +89,40 @@ class SnapshotCache:
             self._issues.move_to_end(issue_id)
         return issue
 
+    def forget(self, issue_id: str) -> None:
+        """Drop `issue_id` (it was found stale)."""
+        self._issues.pop(issue_id, None)
+
     def put(self, issue: Issue) -> None:
         """Remember `issue` at its version, forgetting the least recently used beyond size."""
         self._issues[issue.id] = issue
         self._issues.move_to_end(issue.id)
         while len(self._issues) > self._size:
             self._issues.popitem(last=False)
+
+
+class CacheTrust:
+    """Whether to decide on cached issues without reading the head: while they were current.
+
+    An exponentially weighted share of stale cached issues, over reads and guarded writes alike,
+    so a process whose cache goes stale (another API process writing the same issues) stops
+    trusting it within a few dozen commands, and starts again once its reads find it current.
+    """
+
+    def __init__(self, weight: float = 0.05, limit: float = 0.2) -> None:
+        self._weight = weight
+        self._limit = limit
+        self.stale_share = 0.0
+
+    @property
+    def trusted(self) -> bool:
+        """True while fewer than `limit` of recent cached issues were stale."""
+        return self.stale_share < self._limit
+
+    def record(self, *, stale: bool) -> None:
+        """One cached issue found current or stale."""
+        self.stale_share += self._weight * ((1.0 if stale else 0.0) - self.stale_share)
+        CACHED_ISSUES.labels("stale" if stale else "current").inc()
 
 
 class OneStatementIssueStore:
@@ -88,19 +132,16 @@ class OneStatementIssueStore:
         self._unit = unit
 
     async def get(self, issue_id: str) -> Issue | None:
-        """The issue as last committed (the cached one when the head is still at its version)."""
-        cache = self._unit.cache
-        cached = cache.get(issue_id)
-        row = await self._unit.connection.fetchrow(
-            QUERIES["read_head_unless_at"], issue_id, -1 if cached is None else cached.version
-        )
-        if row is None:
-            return None
-        if row["snapshot_json"] is None and cached is not None:
+        """The issue as last committed (the cached one when the head is still at its version).
+
+        With a trusted cache, the cached issue without a read: the unit checks it at its end.
+        """
+        unit = self._unit
+        cached = unit.cache.get(issue_id)
+        if cached is not None and unit.trust.trusted and unit.unchecked is None:
+            unit.unchecked = cached
             return cached
-        issue = Issue.model_validate_json(row["snapshot_json"])
-        cache.put(issue)
-        return issue
+        return await unit.read_head(issue_id, cached)
 
     async def get_for_update(self, issue_id: str) -> Issue | None:
         """The issue as last committed, unlocked: the write checks that it did not move."""
@@ -161,18 +202,29 @@ class OneStatementIdempotency:
 
 
 class OneStatementUnitOfWork:
-    """One pooled connection, no transaction: reads as they come, one atomic write at the end."""
+    """One pooled connection, no transaction: reads as they come, one atomic write at the end.
+
+    `unchecked` is the cached issue handed out without a read: before anything leaves the
+    unit, the write's version guard or a read of the head confirms it was current.
+    """
 
     issues: OneStatementIssueStore
     idempotency: OneStatementIdempotency
     connection: PoolConnectionProxy[asyncpg.Record]
 
     def __init__(
-        self, pool: asyncpg.Pool, reference: ReferenceData, cache: SnapshotCache | None = None
+        self,
+        pool: asyncpg.Pool,
+        reference: ReferenceData,
+        cache: SnapshotCache | None = None,
+        trust: CacheTrust | None = None,
     ) -> None:
         self._pool = pool
         self._reference = reference
         self.cache = cache if cache is not None else SnapshotCache(0)
+        # Without a cache there is nothing to trust; a bare unit reads like before.
+        self.trust = trust if trust is not None else CacheTrust(limit=0.0)
+        self.unchecked: Issue | None = None
         self.pending: _Append | None = None
         self.claim: _Claim | None = None
         self.answer: tuple[int, str, str] | None = None
@@ -196,20 +248,57 @@ class OneStatementUnitOfWork:
         try:
             if exc_type is None:
                 await self._write()
+            elif isinstance(exc, Exception) and not isinstance(exc, port.StreamVersionConflict):
+                # A refusal decided on an unchecked cached issue may be a stale one.
+                await self._check_unchecked(cause=exc)
         finally:
             await self._pool.release(self.connection)
+
+    async def read_head(self, issue_id: str, cached: Issue | None) -> Issue | None:
+        """Read the head: the cached issue if still current, else the stored snapshot."""
+        row = await self.connection.fetchrow(
+            QUERIES["read_head_unless_at"], issue_id, -1 if cached is None else cached.version
+        )
+        if row is None:
+            return None
+        if cached is not None:
+            self.trust.record(stale=row["snapshot_json"] is not None)
+            if row["snapshot_json"] is None:
+                return cached
+        issue = Issue.model_validate_json(row["snapshot_json"])
+        self.cache.put(issue)
+        return issue
+
+    async def _check_unchecked(self, cause: BaseException | None = None) -> None:
+        """Raise StreamVersionConflict if the unchecked cached issue is no longer current."""
+        issue, self.unchecked = self.unchecked, None
+        if issue is None:
+            return
+        current = await self.read_head(issue.id, issue)
+        if current is not issue:
+            raise port.StreamVersionConflict(issue.id, issue.version) from cause
 
     async def _write(self) -> None:
         if self.claim is not None and self.answer is None:
             raise RuntimeError("an idempotency key was claimed but no answer stored")
+        if self.pending is None:
+            # Nothing appended: the answer must not rest on a stale cached issue.
+            await self._check_unchecked()
         if self.pending is None and self.claim is None:
             return  # the command changed nothing and no key was sent: nothing to write
         row = await self._statement()
         if self.pending is not None:
+            unchecked, self.unchecked = self.unchecked, None
             if not row["moved"]:
+                if unchecked is not None and unchecked.id == self.pending.issue.id:
+                    # The cached issue was stale: forget it, so the next run reads the head.
+                    self.trust.record(stale=True)
+                    self.cache.forget(unchecked.id)
                 raise port.StreamVersionConflict(
                     self.pending.issue.id, self.pending.expected_version
                 )
+            if unchecked is not None:
+                self.trust.record(stale=False)
             self.cache.put(self.pending.issue)
 
     async def _statement(self) -> asyncpg.Record:
@@ -258,6 +347,7 @@ class OneStatementUnitOfWorkFactory:
         self.pool = pool
         self.reference = reference
         self.cache = SnapshotCache(cache_size)
+        self.trust = CacheTrust()
 
     def __call__(self) -> OneStatementUnitOfWork:
-        return OneStatementUnitOfWork(self.pool, self.reference, self.cache)
+        return OneStatementUnitOfWork(self.pool, self.reference, self.cache, self.trust)
