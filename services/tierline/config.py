@@ -56,9 +56,9 @@ class Settings(BaseSettings):
     # comparison in bench/write_path.py).
     write_path: Literal["one-statement", "locking"] = "one-statement"
     # `tierline dev` only: "per-role" runs relay, projector, sla and webhooks as child
-    # processes beside the API, as production does; "one" runs every role in the dev process
-    # (devstack/role_processes.py; measured in bench/README.md, "Freshness").
-    dev_processes: Literal["per-role", "one"] = "per-role"
+    # processes beside the API, as production does; "two" runs the four in one child; "one"
+    # runs every role in the dev process (devstack/role_processes.py; bench/README.md).
+    dev_processes: Literal["per-role", "two", "one"] = "per-role"
     # Fernet keys, comma-separated, newest first: encrypts webhook signing secrets at rest
     # (tierline/secretbox.py, docs/adr/0007). The api and webhooks roles refuse to start without.
     secret_key: SecretStr | None = None

@@ -404,15 +404,25 @@ def _alive(pid: int) -> bool:
 
 @pytest.mark.postgres
 @pytest.mark.kafka
-def test_dev_with_every_role_in_one_process(tmp_path: Path) -> None:
-    """TIERLINE_DEV_PROCESSES=one: no role processes, and the read models still follow."""
+@pytest.mark.parametrize(
+    ("mode", "children", "relay_metrics"),
+    [
+        ("one", set(), "api"),
+        ("two", {"relay,projector,sla,webhooks"}, "relay+projector+sla+webhooks"),
+    ],
+)
+def test_dev_with_the_roles_together(
+    tmp_path: Path, mode: str, children: set[str], relay_metrics: str
+) -> None:
+    """TIERLINE_DEV_PROCESSES=one|two: the roles share a process, and the read models follow."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    proc, info = start_dev(data_dir, free_port(), {"TIERLINE_DEV_PROCESSES": "one"})
+    proc, info = start_dev(data_dir, free_port(), {"TIERLINE_DEV_PROCESSES": mode})
     try:
-        assert set(info["metrics"]) == {"api"}
-        assert _role_pids(proc.pid) == {}
+        assert set(info["metrics"]) == {"api", relay_metrics}
+        assert set(_role_pids(proc.pid)) == children
         _open_and_wait_listed(info["api_url"])
-        assert _metric(info["metrics"]["api"], "tierline_relay_events_published_total") >= 1
+        published = _metric(info["metrics"][relay_metrics], "tierline_relay_events_published_total")
+        assert published >= 1
     finally:
         stop_dev(proc)

@@ -21,7 +21,12 @@ import structlog
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import free_port
-from tierline.devstack.role_processes import BACKGROUND_ROLES, RoleExited, RoleProcesses
+from tierline.devstack.role_processes import (
+    BACKGROUND_ROLES,
+    GROUPS,
+    RoleExited,
+    RoleProcesses,
+)
 from tierline.devstack.secret_key import dev_secret_key
 from tierline.devstack.tansu import TansuBroker
 from tierline.eventlog.kafka import TANSU_FETCH_MAX_WAIT_MS, ensure_topic
@@ -176,8 +181,9 @@ async def _serve(
     children: RoleProcesses | None = None
     roles: asyncio.Task[None] | None = None
     names = list(available_roles())
-    if settings.dev_processes == "per-role":
-        children = RoleProcesses(settings, data_dir / "logs" / "tierline.log", BACKGROUND_ROLES)
+    groups = GROUPS[settings.dev_processes]
+    if groups:
+        children = RoleProcesses(settings, data_dir / "logs" / "tierline.log", groups)
         names = [name for name in names if name not in BACKGROUND_ROLES]
     try:
         if children is not None:

@@ -7,7 +7,10 @@ a command to its read model grows with the rate (bench/README.md, "Freshness"). 
 webhooks as children, as production runs them (docs/operations.md), so the kernel spreads them
 over the cores. `one` keeps every role in the dev process (less memory, one PID to profile).
 
-A child is `python -m tierline.devstack.role_processes ROLE LOG_FILE`:
+`two` runs the four of them together in one child beside the API (one core for HTTP, one
+for the log path, with the roles' batches as large as in one process).
+
+A child is `python -m tierline.devstack.role_processes ROLE[,ROLE...] LOG_FILE`:
 - it gets the dev process's settings as TIERLINE_* variables (never on its command line, which
   any local user can read);
 - it logs like the dev process: everything to the shared log file, warnings and worse to
@@ -41,6 +44,12 @@ log = structlog.get_logger(__name__)
 
 # The roles that run beside the API, in the order they start.
 BACKGROUND_ROLES = ("relay", "projector", "sla", "webhooks")
+# TIERLINE_DEV_PROCESSES: which roles share a child process ("one" starts no child).
+GROUPS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "per-role": tuple((role,) for role in BACKGROUND_ROLES),
+    "two": (BACKGROUND_ROLES,),
+    "one": (),
+}
 _ENV_PREFIX = "TIERLINE_"
 _WATCH_SECONDS = 0.5
 _READY_TIMEOUT = 60.0
@@ -75,10 +84,13 @@ class RoleExited(RuntimeError):
 class RoleProcesses:
     """The background roles as child processes: start, wait until each answers, watch, stop."""
 
-    def __init__(self, settings: Settings, log_file: Path, roles: tuple[str, ...]) -> None:
+    def __init__(
+        self, settings: Settings, log_file: Path, groups: tuple[tuple[str, ...], ...]
+    ) -> None:
         self._settings = settings
         self._log_file = log_file
-        self._roles = roles
+        # A child's name: its roles joined by "+" ("relay", or "relay+projector+sla+webhooks").
+        self._roles = tuple("+".join(group) for group in groups)
         self.metrics: dict[str, str] = {}
         self._procs: list[ManagedProcess] = []
 
@@ -87,7 +99,7 @@ class RoleProcesses:
         for role in self._roles:
             port = free_port()
             settings = self._settings.model_copy(update={"metrics_port": port})
-            argv = [sys.executable, "-m", __name__, role, str(self._log_file)]
+            argv = [sys.executable, "-m", __name__, role.replace("+", ","), str(self._log_file)]
             proc = ManagedProcess(role, argv, env=settings_env(settings, os.environ))
             proc.start()
             self._procs.append(proc)
@@ -126,9 +138,8 @@ class RoleProcesses:
             if not proc.alive():
                 code = proc.wait(0)
                 tail = "\n".join(proc.tail().splitlines()[-20:])
-                raise RoleExited(
-                    f"the {proc.name} role exited (code {code}); its last lines:\n{tail}"
-                )
+                what = f"the {proc.name} role" + ("s" if "+" in proc.name else "")
+                raise RoleExited(f"{what} exited (code {code}); its last lines:\n{tail}")
 
     def stop(self) -> None:
         """SIGTERM every child, SIGKILL after the timeout; safe to call more than once."""
@@ -136,26 +147,28 @@ class RoleProcesses:
             proc.stop(timeout=20.0)
 
 
-async def _child(settings: Settings, role: str) -> int:
+async def _child(settings: Settings, roles: list[str]) -> int:
     from tierline.roles import run_roles
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_roles(settings, [role], stop)
+    await run_roles(settings, roles, stop)
     return 0
 
 
 def main(argv: list[str]) -> int:
-    """Entry point of one child: `ROLE LOG_FILE`."""
+    """Entry point of one child: `ROLE[,ROLE...] LOG_FILE`."""
     from tierline.logs import configure_logging
 
-    role, log_file = argv
+    names, log_file = argv
+    roles = names.split(",")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, file=Path(log_file))
-    structlog.contextvars.bind_contextvars(role=role)
-    return asyncio.run(_child(settings, role))
+    if len(roles) == 1:
+        structlog.contextvars.bind_contextvars(role=roles[0])
+    return asyncio.run(_child(settings, roles))
 
 
 if __name__ == "__main__":
