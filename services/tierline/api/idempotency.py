@@ -54,7 +54,8 @@ async def answer_once(
     """
     key = request.headers.get("Idempotency-Key")
     who = principal(request)
-    fingerprint = request_hash(request, payload)
+    # Only a keyed request is ever compared with a stored one (canonical JSON costs CPU).
+    fingerprint = request_hash(request, payload) if key is not None else ""
     for attempt in range(RETRIES):
         final = last_try is not None and attempt == RETRIES - 1
         try:
