@@ -184,9 +184,13 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
     """Every write path, client count and scenario, runs interleaved across write paths."""
     loadgen = build_loadgen() if args.client == "go" else None
     rows: list[dict[str, Any]] = []
+    modes = args.dev_processes
+    variants = [(p, m) for p in args.write_paths for m in modes]
+    labels = [p if len(modes) == 1 else f"{p} dev={m}" for p, m in variants]
     for run in range(args.http_runs):
-        for path in args.write_paths:
-            with dev_stack(env={"TIERLINE_WRITE_PATH": path}) as dev:
+        for (path, mode), label in zip(variants, labels, strict=True):
+            env = {"TIERLINE_WRITE_PATH": path, "TIERLINE_DEV_PROCESSES": mode}
+            with dev_stack(env=env) as dev:
                 headers = {"Authorization": f"Bearer {dev['admin_key']}"}
                 async with aiohttp.ClientSession(dev["api_url"], headers=headers) as http:
                     await http.post("/v1/vendors", json={"id": "bench", "name": "Bench"})
@@ -195,12 +199,12 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
                         row = await measured_load(args, loadgen, dev, clients, hot)
                         row |= {
                             "run": run,
-                            "write_path": path,
+                            "write_path": label,
                             "scenario": "distinct" if hot is None else f"hot({hot})",
                         }
                         rows.append(row)
                         console.print(row)
-    return {"client": args.client, "runs": rows, "http": http_medians(rows, args.write_paths)}
+    return {"client": args.client, "runs": rows, "http": http_medians(rows, labels)}
 
 
 def http_medians(rows: list[dict[str, Any]], paths: list[str]) -> list[dict[str, Any]]:
@@ -626,6 +630,12 @@ def parse() -> argparse.Namespace:
         default=["locking", "one-statement"],
         help="TIERLINE_WRITE_PATH values to compare, interleaved in each run; ratios are to the"
         " first",
+    )
+    parser.add_argument(
+        "--dev-processes",
+        type=lambda s: s.split(","),
+        default=["per-role"],
+        help="TIERLINE_DEV_PROCESSES values (per-role, two, one) to compare, interleaved too",
     )
     parser.add_argument("--http-runs", type=int, default=3, help="interleaved HTTP runs")
     parser.add_argument(
