@@ -241,7 +241,7 @@ class Replay:
     async def _build(self, pool: asyncpg.Pool, partitions: list[int]) -> Rebuilder:
         """The store's events, then the log from the ends taken before; returns a rebuilder
         positioned where it ended (its tail's rows are written by the next flush)."""
-        ends = await log_ends(self._settings.kafka_bootstrap, self._topic, partitions)
+        ends = await self.log_ends(partitions)
         # Only now the store: its snapshots then hold every event below the ends.
         if self._workers == 1:
             rebuilder = self._rebuilder(partitions, flushed=False, base=0)
@@ -269,6 +269,10 @@ class Replay:
             # The first flush COPYs into the unindexed copies; later ones upsert after `_index`.
             await rebuilder.flush(pool)
         return rebuilder
+
+    async def log_ends(self, partitions: list[int]) -> dict[int, int]:
+        """Where the log ends in every partition now (the store is read after this)."""
+        return await log_ends(self._settings.kafka_bootstrap, self._topic, partitions)
 
     def _rebuilder(self, partitions: list[int], *, flushed: bool, base: int) -> Rebuilder:
         def progress(done: int, total: int | None) -> None:
