@@ -263,11 +263,16 @@ class Replay:
             list(ends.values()),
             self._identity,
         )
-        await rebuilder.start(ends)
-        await rebuilder.build(pool)
-        if self._workers == 1:
-            # The first flush COPYs into the unindexed copies; later ones upsert after `_index`.
-            await rebuilder.flush(pool)
+        try:
+            await rebuilder.start(ends)
+            await rebuilder.build(pool)
+            if self._workers == 1:
+                # The first flush COPYs into the unindexed copies; later ones upsert after
+                # `_index`.
+                await rebuilder.flush(pool)
+        except BaseException:
+            await rebuilder.stop()
+            raise
         return rebuilder
 
     async def log_ends(self, partitions: list[int]) -> dict[int, int]:
