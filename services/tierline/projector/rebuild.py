@@ -84,7 +84,8 @@ def without_cyclic_gc(*, collect: bool = True) -> Iterator[None]:
 
 
 class Rebuilder:
-    """Reads partitions of the log into the rebuild tables (`read_replay`) in this process."""
+    """Folds a share of the event store, then partitions of the log, into the rebuild tables
+    (`read_replay`) in this process."""
 
     def __init__(
         self,
