@@ -8,6 +8,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from tierline.eventlog.kafka import ensure_topic, producer_options, resolve_idempotence
+from tierline.projector.logreader import log_ends
 
 pytestmark = pytest.mark.kafka
 
@@ -106,3 +107,28 @@ async def test_two_members_split_partitions(broker: tuple[str, str], topic: str)
         assert pa | pb == {TopicPartition(topic, p) for p in range(6)}
     finally:
         await asyncio.gather(a.stop(), b.stop())
+
+
+async def test_log_ends_are_where_the_log_ends_in_every_partition(
+    broker: tuple[str, str], topic: str
+) -> None:
+    """A replay folds what the store holds, then reads the log from these ends (docs/adr/0014):
+    an end beyond the real one would skip records published later, one short of it re-reads
+    records only to skip them. Several produce rounds give each partition several batches
+    (Tansu answers `end_offsets` with the last batch's base + 1); 7 keys on 9 partitions leave
+    at least two partitions empty."""
+    kind, bootstrap = broker
+    await ensure_topic(bootstrap, topic, 9)
+    for round_ in range(4):
+        await produce(bootstrap, kind, topic, 25, start=25 * round_)
+    reader = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await reader.start()
+    try:
+        reader.assign([TopicPartition(topic, p) for p in range(9)])
+        records = await consume(reader, 100)
+    finally:
+        await reader.stop()
+    assert len(records) == 100
+    counted = {p: sum(1 for r in records if r[0] == p) for p in range(9)}
+    assert list(counted.values()).count(0) >= 2, "no empty partition: that case went untested"
+    assert await log_ends(bootstrap, topic, list(range(9))) == counted

@@ -21,10 +21,11 @@ import pytest
 from tests.fixtures.stack import running_stack, stack_settings
 from tierline.config import Settings
 from tierline.eventlog.cloudevents import LogEvent
-from tierline.eventlog.kafka import ensure_topic
+from tierline.eventlog.kafka import cluster_identity, ensure_topic
 from tierline.projector.gate import ReplayGate
 from tierline.projector.handler import Projector
-from tierline.projector.rebuild import REPLAY_CONSUMER
+from tierline.projector.logreader import log_ends, topic_partitions
+from tierline.projector.rebuild import REPLAY_CONSUMER, stored_offsets
 from tierline.projector.replay import Replay, replay_command
 from tierline.projector.role import CONSUMER_NAME, ProjectorConsumer, group_for
 from tierline.projector.tables import LIVE_SCHEMA, PROJECTION_TABLES, REPLAY_SCHEMA, ReadTables
@@ -227,12 +228,33 @@ async def test_a_scratch_replay_rebuilds_beside_the_live_tables_and_swaps_nothin
         assert after["issues"] == before["issues"]
 
 
-async def test_a_replay_applies_records_the_log_holds_twice_once(
-    database_url: str, tansu: str, topic: str
+class RepublishesAfterTheEnds(Replay):
+    """A replay during which a relay sends part of the store again right after the log's ends
+    were taken: the second copies land in the tail the replay reads after the store."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, **options: Any) -> None:
+        super().__init__(settings, **options)
+        self._pool = pool
+        self.resent = ""
+
+    async def log_ends(self, partitions: list[int]) -> dict[int, int]:
+        """The ends, then every third event published again."""
+        ends = await super().log_ends(partitions)
+        self.resent = await self._pool.execute(
+            "UPDATE events SET published_at = NULL WHERE version % 3 = 0"
+        )
+        await published(self._pool)
+        return ends
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_replay_applies_events_the_log_holds_twice_once(
+    database_url: str, tansu: str, topic: str, workers: int
 ) -> None:
-    """A relay that died between sending and marking sends again: the rebuild workers, which
-    keep applied versions in memory until they flush, skip the second copies like the live
-    projector does, and leave the versions for the live projector to take over."""
+    """A relay that died between sending and marking sends again. Second copies below the log's
+    ends are never read (the store gives each event once); second copies in the tail are
+    skipped as already applied, in the rebuild processes (versions in memory until they flush)
+    and in the one reading the tail after them. The versions are left for the live projector."""
     settings = settings_for(database_url, tansu, topic)
     async with relaying(settings, ("relay", "projector")) as pool:
         await append_commands(pool, seeded(4).commands(150))
@@ -241,9 +263,11 @@ async def test_a_replay_applies_records_the_log_holds_twice_once(
         assert resent != "UPDATE 0", f"the workload had no second events (seed {SEED})"
         await published(pool)
         await caught_up(pool)
-        result = await Replay(settings, swap=False, workers=2).run()
+        replay = RepublishesAfterTheEnds(settings, pool, swap=False, workers=workers)
+        result = await replay.run()
+        assert replay.resent != "UPDATE 0", f"the workload had no third events (seed {SEED})"
         logged = await pool.fetchval("SELECT count(*) FROM events")
-        assert result.events > logged, "the log holds no second copies: nothing was tested"
+        assert result.events > logged, "the tail held no second copies: nothing was tested"
         assert await snapshot(pool, REPLAY_SCHEMA) == await snapshot(pool, LIVE_SCHEMA), (
             f"the rebuild differs from the live build (seed {SEED})"
         )
@@ -253,6 +277,59 @@ async def test_a_replay_applies_records_the_log_holds_twice_once(
         )
         heads = await pool.fetch("SELECT stream_id, version FROM streams")
         assert dict(versions) == dict(heads), "applied versions not recorded for the swap"
+
+
+async def consumed_to_the_end(settings: Settings, pool: asyncpg.Pool) -> None:
+    """Wait until the live projector's stored offsets reach the log's ends."""
+    bootstrap, topic = settings.kafka_bootstrap, settings.kafka_topic
+    identity = await cluster_identity(bootstrap)
+    ends = await log_ends(bootstrap, topic, await topic_partitions(bootstrap, topic))
+
+    async def probe() -> bool:
+        offsets = await stored_offsets(pool, CONSUMER_NAME, topic, identity)
+        return all(offsets.get(p, 0) >= end for p, end in ends.items())
+
+    await poll(probe, "the live projector read the log to its end")
+
+
+async def test_a_replay_folds_events_committed_but_not_yet_published(
+    database_url: str, tansu: str, topic: str
+) -> None:
+    """With the relay stopped the store holds events the log does not have yet. A rebuild folds
+    them: beside the live tables it equals what the live projector builds once they are
+    published; swapped in (all projections, or one) it hands them over, and the live projector
+    reading them from the log later applies none of them twice."""
+    settings = settings_for(database_url, tansu, topic)
+    async with relaying(settings, ("projector",)) as pool:
+        async with running_stack(settings, roles=["relay"]):
+            await append_commands(pool, seeded(5).commands(120))
+            await published(pool)
+            await caught_up(pool)
+        await append_commands(pool, seeded(6).commands(120))
+        unpublished = await pool.fetchval(UNPUBLISHED)
+        assert unpublished > 0
+
+        await Replay(settings, swap=False, workers=2).run()
+        rebuilt = await snapshot(pool, REPLAY_SCHEMA)
+        assert await pool.fetchval(UNPUBLISHED) == unpublished, "something published meanwhile"
+        async with running_stack(settings, roles=["relay"]):
+            await published(pool)
+            await caught_up(pool)
+        assert rebuilt == await snapshot(pool, LIVE_SCHEMA), (
+            f"the rebuild differs from what the live projector built (seed {SEED})"
+        )
+
+        for offset, projection in ((7, None), (8, "timeline")):
+            await append_commands(pool, seeded(offset).commands(80))
+            assert await pool.fetchval(UNPUBLISHED) > 0
+            assert await replay_command(settings, projection) == 0
+            assert await pool.fetchval(STREAMS_BEHIND, CONSUMER_NAME) == 0, (
+                "the live projector was not handed the events the rebuild read from the store"
+            )
+            async with running_stack(settings, roles=["relay"]):
+                await published(pool)
+                await consumed_to_the_end(settings, pool)
+            await assert_same_as_a_clean_rebuild(settings, pool)
 
 
 class Killed(Exception):

@@ -95,35 +95,10 @@ async def apply_batch(
     transaction only). Safe because effects and offsets commit together: a PostgreSQL crash
     loses both, and the records are read from the log again (docs/adr/0002).
     """
-    streams = sorted({r.event.stream_id for r in records})
     async with conn.transaction():
         if not synchronous_commit:
             await conn.execute("SET LOCAL synchronous_commit = off")
-        await conn.execute(QUERIES["claim_streams"], consumer, streams)
-        locked = await conn.fetch(QUERIES["lock_streams"], consumer, streams)
-        applied: dict[str, int] = {row["stream_id"]: row["version"] for row in locked}
-        fresh: list[LogEvent] = []
-        for record in records:
-            event = record.event
-            done = applied[event.stream_id]
-            if event.version <= done:
-                continue
-            if event.version != done + 1:
-                VERSION_GAPS.labels(consumer).inc()
-                log.warning(
-                    "consumer_version_gap",
-                    consumer=consumer,
-                    stream_id=event.stream_id,
-                    expected=done + 1,
-                    got=event.version,
-                )
-            applied[event.stream_id] = event.version
-            fresh.append(event)
-        if fresh:
-            await handler.apply(conn, fresh)
-            touched = {e.stream_id for e in fresh}
-            versions = [applied[s] for s in touched]
-            await conn.execute(QUERIES["save_streams"], consumer, list(touched), versions)
+        fresh = await apply_new_events(conn, consumer, [r.event for r in records], handler)
         next_offsets: dict[int, int] = {}
         for record in records:
             next_offsets[record.partition] = max(
@@ -137,8 +112,44 @@ async def apply_batch(
             list(next_offsets.values()),
             identity,
         )
-    EVENTS_APPLIED.labels(consumer).inc(len(fresh))
-    EVENTS_SKIPPED.labels(consumer).inc(len(records) - len(fresh))
+    EVENTS_APPLIED.labels(consumer).inc(fresh)
+    EVENTS_SKIPPED.labels(consumer).inc(len(records) - fresh)
+    return fresh
+
+
+async def apply_new_events(
+    conn: asyncpg.Connection, consumer: str, events: Sequence[LogEvent], handler: BatchHandler
+) -> int:
+    """Apply the events `consumer` has not applied yet, in the caller's transaction.
+
+    Returns how many were new. The applied version per stream is claimed, locked and saved with
+    the effects; events at or below it are skipped.
+    """
+    streams = sorted({event.stream_id for event in events})
+    await conn.execute(QUERIES["claim_streams"], consumer, streams)
+    locked = await conn.fetch(QUERIES["lock_streams"], consumer, streams)
+    applied: dict[str, int] = {row["stream_id"]: row["version"] for row in locked}
+    fresh: list[LogEvent] = []
+    for event in events:
+        done = applied[event.stream_id]
+        if event.version <= done:
+            continue
+        if event.version != done + 1:
+            VERSION_GAPS.labels(consumer).inc()
+            log.warning(
+                "consumer_version_gap",
+                consumer=consumer,
+                stream_id=event.stream_id,
+                expected=done + 1,
+                got=event.version,
+            )
+        applied[event.stream_id] = event.version
+        fresh.append(event)
+    if fresh:
+        await handler.apply(conn, fresh)
+        touched = {e.stream_id for e in fresh}
+        versions = [applied[s] for s in touched]
+        await conn.execute(QUERIES["save_streams"], consumer, list(touched), versions)
     return len(fresh)
 
 

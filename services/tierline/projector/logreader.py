@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import structlog
@@ -31,26 +32,73 @@ async def topic_partitions(bootstrap: str, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described[0]["partitions"])
 
 
+END_FETCH_WAIT_MS = 20
+END_POLL_MS = 50
+END_ATTEMPTS = 200
+
+
+async def log_ends(bootstrap: str, topic: str, partitions: list[int]) -> dict[int, int]:
+    """The log's end per partition: the high-water mark a fetch of each partition reports.
+
+    Not `end_offsets`: Tansu answers it with the last batch's base offset + 1, short of the end
+    (docs/adr/0014). A fetch response carries the high-water mark on every broker, so each
+    partition is fetched once from that answer (a lower bound of the end on Tansu, the end
+    itself on Apache Kafka); what the fetch returns is dropped.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=END_FETCH_WAIT_MS,
+        max_partition_fetch_bytes=1024,
+    )
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in partitions]
+        consumer.assign(tps)
+        for tp, offset in (await consumer.end_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        for _ in range(END_ATTEMPTS):
+            ends = {tp.partition: consumer.highwater(tp) for tp in tps}
+            if all(end is not None for end in ends.values()):
+                return {p: int(end) for p, end in ends.items() if end is not None}
+            await consumer.getmany(timeout_ms=END_POLL_MS)
+        raise TimeoutError(f"no high-water mark for every partition of {topic}")
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(consumer.stop())
+
+
 class LogReader:
     """A manually assigned consumer that tracks its next offset per partition."""
 
     def __init__(self, bootstrap: str, topic: str, batch_size: int) -> None:
         self.topic = topic
         self._batch_size = batch_size
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=batch_size,
-            fetch_max_bytes=32 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-        )
+        self._bootstrap = bootstrap
+        self._consumer_instance: AIOKafkaConsumer | None = None
         self.positions: dict[int, int] = {}
         self._limits: dict[int, int] | None = None
 
+    @property
+    def _consumer(self) -> AIOKafkaConsumer:
+        # Made on start: a reader that is never started (a rebuild worker's) holds no client.
+        if self._consumer_instance is None:
+            raise RuntimeError("the log reader is not started")
+        return self._consumer_instance
+
     async def start(self, partitions: list[int], offsets: dict[int, int] | None = None) -> None:
         """Assign every partition at `offsets` (the beginning of the log where absent)."""
+        self._consumer_instance = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self._batch_size,
+            fetch_max_bytes=32 * 1024 * 1024,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+        )
         await self._consumer.start()
         tps = [TopicPartition(self.topic, p) for p in partitions]
         self._consumer.assign(tps)
@@ -62,8 +110,9 @@ class LogReader:
 
     async def stop(self) -> None:
         """Close the consumer."""
-        with contextlib.suppress(Exception):
-            await self._consumer.stop()
+        if self._consumer_instance is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer_instance.stop()
 
     def limit_to(self, limits: dict[int, int]) -> None:
         """From now on, never return a record at or beyond `limits[partition]`."""

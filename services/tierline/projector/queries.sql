@@ -186,3 +186,24 @@ FROM fresh, reserved WHERE r.issue_id = fresh.issue_id
 -- Record a finished replay; its id is the read model's new generation
 INSERT INTO read.rebuilds (projections, started_at, finished_at, events)
 VALUES ($1::text[], to_timestamp($2), now(), $3) RETURNING id
+
+-- store_share_size --
+-- How many events the store holds of one rebuild process's share of the streams ($2 of $1)
+SELECT count(*) FROM public.events WHERE (hashtext(stream_id) & 2147483647) % $1 = $2
+
+-- store_share_events --
+-- One rebuild process's share of the streams in position order, columns as LogEvent's fields
+SELECT event_id::text, stream_id, version, type, time, data, traceparent, vendor_id,
+       inbound_source::text, inbound_delivery
+FROM public.events WHERE (hashtext(stream_id) & 2147483647) % $1 = $2
+ORDER BY position
+
+-- events_ahead_of --
+-- Events consumer $1 applied and consumer $2 has not, in position order
+SELECT e.event_id::text, e.stream_id, e.version, e.type, e.time, e.data, e.traceparent,
+       e.vendor_id, e.inbound_source::text, e.inbound_delivery
+FROM public.consumer_stream_versions AS r
+JOIN public.events AS e ON e.stream_id = r.stream_id AND e.version <= r.version
+LEFT JOIN public.consumer_stream_versions AS l ON l.consumer = $2 AND l.stream_id = r.stream_id
+WHERE r.consumer = $1 AND e.version > coalesce(l.version, 0)
+ORDER BY e.position

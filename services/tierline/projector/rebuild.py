@@ -1,9 +1,10 @@
-"""The build phase of a replay: read partitions into the rebuild tables, in one or more processes.
+"""The build phase of a replay: the store's events, then the log's tail, into the rebuild tables.
 
-An issue's events all live in one partition (the key is the issue id), so partitions can be
-rebuilt independently: each worker process owns some partitions, its own issue states and its
-own consumer offsets and stream versions (rows no other worker touches). What they share is
-additive (vendor days, upserted) or keyed by issue (everything else), so workers never contend.
+Streams can be rebuilt independently: each worker process folds a share of the streams from
+the event store (storereader.py), with its own issue states and stream versions (rows no other
+worker touches). What they share is additive (vendor days, upserted) or keyed by issue
+(everything else), so workers never contend. Once they flushed, the replay reads the log from
+the ends it took before they started (docs/adr/0014).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import asyncpg
 import structlog
 
 from tierline.config import Settings
+from tierline.eventlog.cloudevents import LogEvent
 from tierline.eventlog.consumer import Record, apply_batch
 from tierline.logs import configure_logging
 from tierline.projector.handler import Projector
 from tierline.projector.logreader import LogReader
 from tierline.projector.role import CONSUMER_NAME
+from tierline.projector.storereader import StoreShare
 from tierline.projector.tables import REPLAY_SCHEMA, ReadTables
 from tierline.sqlfile import load_queries
 from tierline.store.pool import create_pool
@@ -81,7 +84,8 @@ def without_cyclic_gc(*, collect: bool = True) -> Iterator[None]:
 
 
 class Rebuilder:
-    """Reads partitions of the log into the rebuild tables (`read_replay`) in this process."""
+    """Folds a share of the event store, then partitions of the log, into the rebuild tables
+    (`read_replay`) in this process."""
 
     def __init__(
         self,
@@ -124,42 +128,72 @@ class Rebuilder:
                         conn, REPLAY_CONSUMER, self._topic, self._identity, records, self.handler
                     )
                 else:
-                    await self._apply_owned(conn, records, self._versions)
+                    # Records come in log order per partition: the last one gives the next offset.
+                    next_offsets = {record.partition: record.offset + 1 for record in records}
+                    events = [record.event for record in records]
+                    await self._apply_owned(conn, events, self._versions, next_offsets)
             self.read += len(records)
         if self._progress is not None:
             ends = [end for end in self.reader.highwater().values() if end >= 0]
             self._progress(self.read, sum(ends) if ends else None)
 
+    async def load_store(self, pool: asyncpg.Pool, share: StoreShare) -> None:
+        """Fold this process's share of the events committed in the store (docs/adr/0014).
+
+        Runs before any flush, so the applied versions are this process's own, in memory. The
+        next page is fetched on the reader's connection while this one is written.
+        """
+        versions = self._versions
+        if versions is None:
+            raise RuntimeError("the store is read into fresh rebuild tables only")
+        async with share.batches() as pages:
+            ahead = asyncio.ensure_future(_next_page(pages))
+            try:
+                while (events := await ahead) is not None:
+                    ahead = asyncio.ensure_future(_next_page(pages))
+                    async with connection(pool) as conn:
+                        await self._apply_owned(conn, events, versions, {})
+                    self.read += len(events)
+                    if self._progress is not None:
+                        self._progress(self.read, share.size)
+            finally:
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await ahead
+
     async def _apply_owned(
-        self, conn: asyncpg.Connection, records: list[Record], versions: dict[str, int]
+        self,
+        conn: asyncpg.Connection,
+        events: list[LogEvent],
+        versions: dict[str, int],
+        next_offsets: dict[int, int],
     ) -> None:
         """One batch before the flush, skipping what was applied, with versions kept in memory.
 
-        Until it flushes, a rebuild process alone applies its partitions' streams, from none
-        applied (the replay forgot them): the versions `apply_batch` would claim, lock and save
-        row by row in every batch are known here. The flush writes them once, with the issue
-        rows; a replay that dies before that starts over from nothing anyway. Records the log
-        holds twice (a relay re-publishing after a crash) are skipped all the same.
+        Until it flushes, a rebuild process alone applies its streams, from none applied (the
+        replay forgot them): the versions `apply_batch` would claim, lock and save row by row in
+        every batch are known here. The flush writes them once, with the issue rows; a replay
+        that dies before that starts over from nothing anyway. Events read twice (a relay
+        re-publishing after a crash; the log's tail repeating what the store gave) are skipped
+        all the same.
         """
         fresh = []
-        for record in records:
-            event = record.event
+        for event in events:
             if event.version > versions.get(event.stream_id, 0):
                 versions[event.stream_id] = event.version
                 fresh.append(event)
-        # Records come in log order per partition: the last one of each gives the next offset.
-        next_offsets = {record.partition: record.offset + 1 for record in records}
         async with conn.transaction():
             if fresh:
                 await self.handler.apply(conn, fresh)
-            await conn.execute(
-                CONSUMER_QUERIES["save_offsets"],
-                REPLAY_CONSUMER,
-                self._topic,
-                list(next_offsets),
-                list(next_offsets.values()),
-                self._identity,
-            )
+            if next_offsets:
+                await conn.execute(
+                    CONSUMER_QUERIES["save_offsets"],
+                    REPLAY_CONSUMER,
+                    self._topic,
+                    list(next_offsets),
+                    list(next_offsets.values()),
+                    self._identity,
+                )
 
     async def step(self, pool: asyncpg.Pool) -> int:
         """Read and apply one batch; returns how many records it had."""
@@ -227,15 +261,18 @@ class Rebuilder:
         )
 
 
+async def _next_page(pages: AsyncIterator[list[LogEvent]]) -> list[LogEvent] | None:
+    return await anext(pages, None)
+
+
 async def build_in_workers(
     settings: Settings,
     projections: Sequence[str],
-    partitions: Sequence[int],
     identity: str,
     workers: int,
     progress: Progress,
 ) -> int:
-    """Build with `workers` processes, partitions dealt round-robin; returns records read."""
+    """Fold the store with `workers` processes, a share of the streams each; returns events read."""
     context = (
         multiprocessing.get_context("fork") if can_fork() else multiprocessing.get_context("spawn")
     )
@@ -243,14 +280,7 @@ async def build_in_workers(
     processes = [
         context.Process(
             target=worker_main,
-            args=(
-                settings.model_dump(mode="json"),
-                list(projections),
-                list(partitions[n::workers]),
-                identity,
-                counters,
-                n,
-            ),
+            args=(settings.model_dump(mode="json"), list(projections), identity, counters, n),
             name=f"tierline-replay-{n}",
             daemon=True,
         )
@@ -300,42 +330,48 @@ def _report(counters: SynchronizedArray[int], workers: int, progress: Progress) 
 def worker_main(
     settings: dict[str, Any],
     projections: list[str],
-    partitions: list[int],
     identity: str,
     counters: SynchronizedArray[int],
     slot: int,
 ) -> None:
-    """Entry point of a worker process: build its partitions, flush, exit."""
+    """Entry point of a worker process: fold its share of the store, flush, exit."""
     config = Settings(**settings)
     configure_logging(config.log_level, config.log_format)
+    shares = len(counters) // 2
 
     def progress(done: int, total: int | None) -> None:
         counters[2 * slot] = done
         counters[2 * slot + 1] = total or 0
 
+    share = store_share(config, slot, shares)
     started = time.monotonic()
     with without_cyclic_gc(collect=False):
-        asyncio.run(_work(config, projections, partitions, identity, progress))
+        asyncio.run(_work(config, projections, identity, share, progress))
     log.info(
-        "replay_worker_done", partitions=partitions, seconds=round(time.monotonic() - started, 3)
+        "replay_worker_done",
+        share=slot,
+        shares=shares,
+        seconds=round(time.monotonic() - started, 3),
     )
+
+
+def store_share(settings: Settings, index: int, shares: int) -> StoreShare:
+    """Share `index` of `shares` of the store's streams, read in replay-sized batches."""
+    batch_size = max(settings.consumer_batch_size, MIN_REPLAY_BATCH)
+    return StoreShare(settings.database_url, index, shares, batch_size)
 
 
 async def _work(
     settings: Settings,
     projections: list[str],
-    partitions: list[int],
     identity: str,
+    share: StoreShare,
     progress: Progress,
 ) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=2)
-    rebuilder = Rebuilder(settings, projections, partitions, identity, progress=progress)
+    rebuilder = Rebuilder(settings, projections, [], identity, progress=progress)
     try:
-        await rebuilder.start()
-        try:
-            await rebuilder.build(pool)
-            await rebuilder.flush(pool)
-        finally:
-            await rebuilder.stop()
+        await rebuilder.load_store(pool, share)
+        await rebuilder.flush(pool)
     finally:
         await pool.close()

@@ -3,11 +3,15 @@
 1. Under a session lock (one replay at a time), schema `read_replay` gets empty copies of the
    tables being rebuilt (`LIKE ... INCLUDING ALL EXCLUDING INDEXES`); consumer
    `projector-replay` starts afresh.
-2. The log is read from the beginning of every partition, outside any consumer group, through
-   the projector's own fold, by worker processes that share the partitions out (rebuild.py);
-   offsets commit with every batch, the applied versions per stream once a worker flushes. The
-   copies get the live tables' keys and indexes once loaded. Live projectors keep serving and
-   updating the old tables meanwhile.
+2. The log's end in every partition is taken first; then the events committed in the event
+   store so far are folded through the projector's own fold by worker processes that share the
+   streams out (rebuild.py, storereader.py), and the applied versions per stream written once
+   each worker flushes. Every event below those ends was committed before it was published, so
+   the store holds at least them. The log is then read from the ends, outside any consumer
+   group, skipping the versions already applied, to its end and at least as far as the live
+   projector (offsets commit with every batch). The copies get the live tables' keys and indexes
+   once loaded. Live projectors keep serving and updating the old tables meanwhile. Why this is
+   as exact as reading the whole log: docs/adr/0014.
 3. One transaction then takes the swap lock exclusively (live projectors pause between
    batches, see gate.py), lets the rebuild reach where the live projector stands, moves the old
    tables out and the new ones into `read` (keeping list order, grants and views), hands the
@@ -15,8 +19,10 @@
    re-position from the stored offsets. Readers see the old tables or the new, never a mix.
 
 Rebuilding one projection (`--projection NAME`) swaps only its table, so the rebuilt table and the
-live ones must stand at the same offsets: under the swap lock both are advanced to the same
-position in every partition (the larger of the two), exactly.
+live ones must stand at the same place: under the swap lock both are advanced to the same
+position in every partition (the larger of the two), exactly, and then the live tables get the
+events the rebuild read from the store beyond that position (the live projector skips them when
+it reads them from the log).
 """
 
 from __future__ import annotations
@@ -41,11 +47,11 @@ from rich.progress import (
 )
 
 from tierline.config import Settings
-from tierline.eventlog.consumer import apply_batch
+from tierline.eventlog.consumer import apply_batch, apply_new_events
 from tierline.eventlog.kafka import cluster_identity
 from tierline.projector.gate import SWAP_LOCK_ID
 from tierline.projector.handler import Projector
-from tierline.projector.logreader import LogReader, TopicMissing, topic_partitions
+from tierline.projector.logreader import LogReader, TopicMissing, log_ends, topic_partitions
 from tierline.projector.rebuild import (
     MIN_REPLAY_BATCH,
     POLL_MS,
@@ -53,10 +59,12 @@ from tierline.projector.rebuild import (
     Rebuilder,
     build_in_workers,
     connection,
+    store_share,
     stored_offsets,
     without_cyclic_gc,
 )
 from tierline.projector.role import CONSUMER_NAME
+from tierline.projector.storereader import events_ahead_of
 from tierline.projector.tables import (
     LIVE_SCHEMA,
     PROJECTION_TABLES,
@@ -74,6 +82,7 @@ RUN_LOCK_ID = 7_311_529_012
 DEFAULT_MAX_WORKERS = 2
 
 QUERIES = load_queries("tierline.projector")
+CONSUMER_QUERIES = load_queries("tierline.eventlog")
 
 # DDL naming schemas and tables: identifiers cannot travel as parameters, and these are
 # formatted from the fixed names in tables.py only (never from input).
@@ -128,7 +137,7 @@ class ReplayResult:
 
     @property
     def events_per_second(self) -> float:
-        """Log records read per second of the whole replay."""
+        """Events read (from the store and the log) per second of the whole replay."""
         return self.events / self.seconds if self.seconds > 0 else 0.0
 
 
@@ -195,6 +204,7 @@ class Replay:
         self._progress.phase("indexing")
         await self._index(pool)
         try:
+            await rebuilder.flush(pool)
             if not self._swap:
                 return None
             self._progress.phase("swapping")
@@ -229,22 +239,45 @@ class Replay:
         self._progress.update(done, total)
 
     async def _build(self, pool: asyncpg.Pool, partitions: list[int]) -> Rebuilder:
-        """The bulk of the rebuild, flushed; returns a rebuilder positioned where it ended."""
-        workers = min(self._workers, len(partitions))
-        if workers == 1:
+        """The store's events, then the log from the ends taken before; returns a rebuilder
+        positioned where it ended (its tail's rows are written by the next flush)."""
+        ends = await self.log_ends(partitions)
+        # Only now the store: its snapshots then hold every event below the ends.
+        if self._workers == 1:
             rebuilder = self._rebuilder(partitions, flushed=False, base=0)
-            await rebuilder.start()
-            await rebuilder.build(pool)
-            await rebuilder.flush(pool)
-            return rebuilder
-        read = await build_in_workers(
-            self._settings, self.projections, partitions, self._identity, workers, self._count
+            await rebuilder.load_store(pool, store_share(self._settings, 0, 1))
+        else:
+            read = await build_in_workers(
+                self._settings, self.projections, self._identity, self._workers, self._count
+            )
+            # The workers are gone; this process reads the log's tail after their flush.
+            rebuilder = self._rebuilder(partitions, flushed=True, base=read)
+        log.info("replay_store_read", events=self._read, log_ends=sum(ends.values()))
+        # Every partition gets an offset, so the live projector that takes them over never
+        # starts a partition the tail did not touch from the beginning.
+        await pool.execute(
+            CONSUMER_QUERIES["save_offsets"],
+            REPLAY_CONSUMER,
+            self._topic,
+            list(ends),
+            list(ends.values()),
+            self._identity,
         )
-        # The workers are gone; this process goes on from where they stored their offsets.
-        rebuilder = self._rebuilder(partitions, flushed=True, base=read)
-        ended = await stored_offsets(pool, REPLAY_CONSUMER, self._topic, self._identity)
-        await rebuilder.start(ended)
+        try:
+            await rebuilder.start(ends)
+            await rebuilder.build(pool)
+            if self._workers == 1:
+                # The first flush COPYs into the unindexed copies; later ones upsert after
+                # `_index`.
+                await rebuilder.flush(pool)
+        except BaseException:
+            await rebuilder.stop()
+            raise
         return rebuilder
+
+    async def log_ends(self, partitions: list[int]) -> dict[int, int]:
+        """Where the log ends in every partition now (the store is read after this)."""
+        return await log_ends(self._settings.kafka_bootstrap, self._topic, partitions)
 
     def _rebuilder(self, partitions: list[int], *, flushed: bool, base: int) -> Rebuilder:
         def progress(done: int, total: int | None) -> None:
@@ -319,6 +352,12 @@ class Replay:
                         )
         finally:
             await catching_up.stop()
+        # The rebuild read events from the store that the log holds beyond `target` (or not yet):
+        # the live tables get them too; the live projector skips them when it reads them.
+        async with connection(pool) as conn, conn.transaction():
+            ahead = await events_ahead_of(conn, REPLAY_CONSUMER, CONSUMER_NAME)
+            if ahead:
+                await apply_new_events(conn, CONSUMER_NAME, ahead, handler)
 
     async def _switch(self, conn: asyncpg.Connection) -> None:
         """Move the rebuilt tables into `read` in the caller's transaction."""
