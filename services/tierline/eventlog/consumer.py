@@ -98,19 +98,23 @@ async def apply_batch(
     async with conn.transaction():
         if not synchronous_commit:
             await conn.execute("SET LOCAL synchronous_commit = off")
-        fresh = await apply_new_events(conn, consumer, [r.event for r in records], handler)
+        fresh, streams, versions = await _apply_new(
+            conn, consumer, [r.event for r in records], handler
+        )
         next_offsets: dict[int, int] = {}
         for record in records:
             next_offsets[record.partition] = max(
                 next_offsets.get(record.partition, 0), record.offset + 1
             )
         await conn.execute(
-            QUERIES["save_offsets"],
+            QUERIES["save_streams_and_offsets"],
             consumer,
             topic,
             list(next_offsets),
             list(next_offsets.values()),
             identity,
+            streams,
+            versions,
         )
     EVENTS_APPLIED.labels(consumer).inc(fresh)
     EVENTS_SKIPPED.labels(consumer).inc(len(records) - fresh)
@@ -125,9 +129,18 @@ async def apply_new_events(
     Returns how many were new. The applied version per stream is claimed, locked and saved with
     the effects; events at or below it are skipped.
     """
+    fresh, streams, versions = await _apply_new(conn, consumer, events, handler)
+    if streams:
+        await conn.execute(QUERIES["save_streams"], consumer, streams, versions)
+    return fresh
+
+
+async def _apply_new(
+    conn: asyncpg.Connection, consumer: str, events: Sequence[LogEvent], handler: BatchHandler
+) -> tuple[int, list[str], list[int]]:
+    """apply_new_events without the save: how many were new, and the versions to save."""
     streams = sorted({event.stream_id for event in events})
-    await conn.execute(QUERIES["claim_streams"], consumer, streams)
-    locked = await conn.fetch(QUERIES["lock_streams"], consumer, streams)
+    locked = await conn.fetch(QUERIES["claim_streams"], consumer, streams)
     applied: dict[str, int] = {row["stream_id"]: row["version"] for row in locked}
     fresh: list[LogEvent] = []
     for event in events:
@@ -145,12 +158,11 @@ async def apply_new_events(
             )
         applied[event.stream_id] = event.version
         fresh.append(event)
-    if fresh:
-        await handler.apply(conn, fresh)
-        touched = {e.stream_id for e in fresh}
-        versions = [applied[s] for s in touched]
-        await conn.execute(QUERIES["save_streams"], consumer, list(touched), versions)
-    return len(fresh)
+    if not fresh:
+        return 0, [], []
+    await handler.apply(conn, fresh)
+    touched = sorted({e.stream_id for e in fresh})
+    return len(fresh), touched, [applied[s] for s in touched]
 
 
 class _SeekFromStore(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -14,18 +14,30 @@ ON CONFLICT (consumer, topic, partition) DO UPDATE
     SET next_offset = EXCLUDED.next_offset, log_identity = EXCLUDED.log_identity, updated_at = now()
 
 -- claim_streams --
--- Give every stream of a batch a version row (0 when new), in a fixed order against deadlocks
-INSERT INTO consumer_stream_versions (consumer, stream_id, version)
+-- The last applied version per stream of a batch (0 for a stream new to this consumer), each
+-- row locked until the batch commits, in a fixed order against deadlocks. One statement: the
+-- no-op DO UPDATE locks an existing row and returns its version; a row another member inserts
+-- meanwhile is waited for and then returned the same way (ON CONFLICT's atomic outcome).
+INSERT INTO consumer_stream_versions AS c (consumer, stream_id, version)
 SELECT $1, s, 0 FROM unnest($2::text[]) AS t(s) ORDER BY s
-ON CONFLICT DO NOTHING
-
--- lock_streams --
--- The last applied version per stream of a batch, the rows locked until the batch commits
-SELECT stream_id, version FROM consumer_stream_versions
-WHERE consumer = $1 AND stream_id = ANY($2::text[]) ORDER BY stream_id FOR UPDATE
+ON CONFLICT (consumer, stream_id) DO UPDATE SET version = c.version
+RETURNING stream_id, version
 
 -- save_streams --
 -- Store the last applied version per stream the batch touched
 UPDATE consumer_stream_versions AS c SET version = t.v
 FROM unnest($2::text[], $3::int[]) AS t(s, v)
 WHERE c.consumer = $1 AND c.stream_id = t.s
+
+-- save_streams_and_offsets --
+-- save_streams and save_offsets in one round trip: the batch's applied versions ($6, $7) and
+-- its next offsets ($3, $4)
+WITH saved AS (
+    UPDATE consumer_stream_versions AS c SET version = t.v
+    FROM unnest($6::text[], $7::int[]) AS t(s, v)
+    WHERE c.consumer = $1 AND c.stream_id = t.s
+)
+INSERT INTO consumer_offsets (consumer, topic, partition, next_offset, log_identity)
+SELECT $1, $2, p, o, $5 FROM unnest($3::int[], $4::bigint[]) AS t(p, o)
+ON CONFLICT (consumer, topic, partition) DO UPDATE
+    SET next_offset = EXCLUDED.next_offset, log_identity = EXCLUDED.log_identity, updated_at = now()
