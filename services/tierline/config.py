@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     relay_batch_size: int = 500
+    # Batches sent and not yet acked: the next is read and sent while the previous one's acks
+    # come back (1: one batch at a time, as before).
+    relay_max_in_flight: int = Field(default=2, ge=1)
     relay_poll_interval: float = 1.0
     consumer_batch_size: int = 2000
     # Longest a consumer's fetch waits on the broker (see eventlog/kafka.py for why it matters).
