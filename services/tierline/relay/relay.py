@@ -48,7 +48,7 @@ class Relay:
         replication: int = 1,
         min_insync_replicas: int | None = None,
         batch_size: int = 500,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
         poll_interval: float = 1.0,
     ) -> None:
         self._database_url = database_url
@@ -124,9 +124,9 @@ class Relay:
     ) -> None:
         """Send batch after batch, marking each published once acked; wait when idle.
 
-        Pipelined: the next batch is read and sent while the previous one's acks come back,
-        so events that commit during a produce round trip wait neither for its acks nor for
-        its mark before they are sent. At most `max_in_flight` batches are unacknowledged.
+        With `max_in_flight` above 1 it is pipelined: the next batch is read and sent while
+        the previous one's acks come back, so events that commit during a produce round trip
+        wait neither for its acks nor for its mark before they are sent.
         """
         pipeline = Pipeline(self._max_in_flight)
         while not stop.is_set():
