@@ -474,13 +474,13 @@ async def freshness(rate: float, seconds: float, seed: int, shape: Any) -> dict[
         ) as http:
             await http.post("/v1/vendors", json={"id": "fresh", "name": "Fresh"})
             await _warm_up(http)
-            before = await _scrape(stack["metrics"])
+            before = await scrape_histograms(stack["metrics"])
             result = await _drive(http, rng, rate, seconds)
-            result["stages"] = stage_figures(before, await _scrape(stack["metrics"]))
+            result["stages"] = stage_figures(before, await scrape_histograms(stack["metrics"]))
             return result
 
 
-async def _scrape(urls: list[str]) -> Buckets:
+async def scrape_histograms(urls: list[str]) -> Buckets:
     """Cumulative bucket counts of every histogram in the processes' `/metrics`, summed."""
     out: Buckets = {}
     async with aiohttp.ClientSession() as http:

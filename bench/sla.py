@@ -12,7 +12,10 @@ opening times, so that their respond clocks fall due where the scenario wants th
 
 Measured per breach: recorded lateness (the `sla_breached` event's breached_at - due_at, i.e.
 when the write path decided it) and Kafka lateness (when this process read the event from the
-topic - due_at), p50/p99/max, and the time until every breach event is on Kafka; also the CPU
+topic - due_at), p50/p99/max, and the time until every breach event is on Kafka; that way split
+in stages per breach (decided -> the relay's send, the record's Kafka timestamp; send -> read
+here) and the relay's own histograms (commit -> relay read, relay read -> broker ack) scraped
+from its `/metrics`; also the CPU
 seconds each process group used from the first due time, and PostgreSQL's costliest statements
 per breach (pg_stat_statements), to show where the limit is.
 
@@ -49,9 +52,10 @@ from rich.progress import Progress
 from rich.table import Table
 
 from bench.common import ROOT, percentile, save
+from bench.projector import scrape_histograms, stage_figures
 from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
-from tierline.devstack.process import ManagedProcess
+from tierline.devstack.process import ManagedProcess, free_port
 from tierline.devstack.tansu import TansuBroker
 from tierline.domain import commands as c
 from tierline.domain.governance import Governance, Priority, SlaPolicy, Tier, Vendor
@@ -176,9 +180,12 @@ def stats(values: list[float]) -> dict[str, float]:
 # --- Tierline ---------------------------------------------------------------------------------
 
 
-def role_process(name: str, role: str, env: dict[str, str]) -> ManagedProcess:
+def role_process(
+    name: str, role: str, env: dict[str, str], metrics_port: int = 0
+) -> ManagedProcess:
     """A `tierline <role>` process; dies with this one."""
     argv = [sys.executable, "-m", "tierline.cli", role]
+    env = {**env, "TIERLINE_METRICS_PORT": str(metrics_port)}
     return ManagedProcess(name, argv, env=env, forward=False, stop_signal=signal.SIGTERM)
 
 
@@ -253,7 +260,8 @@ class KafkaBreaches:
 
     bootstrap: str
     topic: str
-    seen: list[tuple[float, datetime, datetime]] = field(default_factory=list)
+    # (read here, the record's Kafka timestamp, due_at, breached_at) per breach event
+    seen: list[tuple[float, float, datetime, datetime]] = field(default_factory=list)
     done: asyncio.Event = field(default_factory=asyncio.Event)
     expected: int = 0
 
@@ -280,9 +288,9 @@ class KafkaBreaches:
                         if dict(msg.headers).get("ce_type") == BREACH_TYPE:
                             data = json.loads(msg.value)
                             due = datetime.fromisoformat(data["due_at"])
-                            self.seen.append(
-                                (received, due, datetime.fromisoformat(data["breached_at"]))
-                            )
+                            breached = datetime.fromisoformat(data["breached_at"])
+                            sent = msg.timestamp / 1000
+                            self.seen.append((received, sent, due, breached))
             self.done.set()
         finally:
             await consumer.stop()
@@ -325,7 +333,8 @@ async def tierline_scenario(
     await ensure_topic(bootstrap, topic, PARTITIONS)
     pool = await create_pool(url, min_size=4, max_size=40)
     env = role_env(url, bootstrap, topic)
-    procs = [role_process("relay", "relay", env)]
+    relay_metrics = f"http://127.0.0.1:{(relay_port := free_port())}/metrics"
+    procs = [role_process("relay", "relay", env, metrics_port=relay_port)]
     procs += [role_process(f"sla-{n}", "sla", env) for n in range(workers)]
     try:
         await insert_vendor(pool, Vendor(id="bench", name="Bench"))
@@ -354,6 +363,7 @@ async def tierline_scenario(
         parents = {"postgres": infra.postgres_pid}
         await asyncio.sleep(max(0.0, (first_due - datetime.now(UTC)).total_seconds()))
         cpu_before = cpu_seconds(groups, parents)
+        histograms_before = await scrape_histograms([relay_metrics])
         await pool.execute("SELECT pg_stat_statements_reset()")
         budget = (dues[-1] - datetime.now(UTC)).total_seconds() + max(120.0, clocks / 200)
         with Progress(console=console, transient=True) as progress:
@@ -366,6 +376,11 @@ async def tierline_scenario(
                 budget -= 0.2
         reading.cancel()
         cpu_after = cpu_seconds(groups, parents)
+        relay_stages = [
+            figure
+            for figure in stage_figures(histograms_before, await scrape_histograms([relay_metrics]))
+            if figure["metric"].startswith("tierline_relay_")
+        ]
         statements = await top_statements(pool, max(1, len(reader.seen)))
         crashed = [p.name for p in procs if not p.alive()]
     finally:
@@ -381,6 +396,7 @@ async def tierline_scenario(
         "lead_s": round(lead, 1),
         "cpu_s_from_first_due": cpu,
         "cpu_ms_per_breach": round(per_breach, 2),
+        "relay_stages": relay_stages,
         "postgres_statements_per_breach": statements,
         "load_average_1m": os.getloadavg()[0],
         "sla_settings": scanner_settings(),
@@ -394,7 +410,7 @@ def scanner_settings() -> dict[str, int]:
 
 
 def summarise_tierline(
-    seen: list[tuple[float, datetime, datetime]],
+    seen: list[tuple[float, float, datetime, datetime]],
     clocks: int,
     window: float,
     workers: int,
@@ -403,10 +419,10 @@ def summarise_tierline(
     crashed: list[str],
 ) -> dict[str, Any]:
     """The figures of one Tierline scenario."""
-    recorded = [(breached - due).total_seconds() for _, due, breached in seen]
-    on_kafka = [received - due.timestamp() for received, due, _ in seen]
-    first_due = min((due for _, due, _ in seen), default=None)
-    last_seen = max((received for received, _, _ in seen), default=float("nan"))
+    recorded = [(breached - due).total_seconds() for _, _, due, breached in seen]
+    on_kafka = [received - due.timestamp() for received, _, due, _ in seen]
+    first_due = min((due for _, _, due, _ in seen), default=None)
+    last_seen = max((received for received, _, _, _ in seen), default=float("nan"))
     return {
         "engine": "tierline",
         "clocks": clocks,
@@ -421,6 +437,10 @@ def summarise_tierline(
         ),
         "recorded_lateness": stats(recorded),
         "kafka_lateness": stats(on_kafka),
+        # The way to the topic per breach: the decision to the relay's send (commit, relay
+        # wake-up and read), then the send to this reader (produce, ack, the reader's fetch).
+        "decided_to_sent": stats([sent - b.timestamp() for _, sent, _, b in seen]),
+        "sent_to_read": stats([received - sent for received, sent, _, _ in seen]),
     }
 
 
@@ -582,7 +602,7 @@ def main(args: argparse.Namespace) -> None:
     render(rows)
     result = {"args": vars(args), "runs": [{"scenario": n, **r} for n, r in rows]}
     result["percentile_method"] = "nearest rank"
-    console.print(f"saved {save('sla', result)}")
+    console.print(f"saved {save(args.name, result)}")
 
 
 def parse() -> argparse.Namespace:
@@ -601,6 +621,7 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--lead", type=float, default=None, help="seconds of set-up before due")
     parser.add_argument("--only", nargs="+", default=["burst", "sustained"])
     parser.add_argument("--skip-peer", action="store_true", help="tierline only")
+    parser.add_argument("--name", default="sla", help="bench/results/<name>.json")
     parser.add_argument("--pgqueuer-worker", metavar="DSN", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args()

@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     relay_batch_size: int = 500
+    # Batches sent and not yet acked: above 1, the next is read and sent while the previous
+    # one's acks come back. 1 (one batch at a time) measured better on a quiet machine, 2 under
+    # load (bench/README.md, "SLA breaches on the topic").
+    relay_max_in_flight: int = Field(default=1, ge=1)
     relay_poll_interval: float = 1.0
     consumer_batch_size: int = 2000
     # Longest a consumer's fetch waits on the broker (see eventlog/kafka.py for why it matters).

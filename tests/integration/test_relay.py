@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,7 +18,7 @@ from tierline.domain import commands as c
 from tierline.domain.governance import Vendor
 from tierline.eventlog.cloudevents import LogEvent, from_kafka_record
 from tierline.eventlog.consumer import LogConsumer
-from tierline.relay.relay import Relay
+from tierline.relay.relay import RELAY_LAG, Relay
 from tierline.service_layer.issues import SYSTEM
 from tierline.store.pool import create_pool
 from tierline.store.unit_of_work import issue_service
@@ -51,14 +53,22 @@ async def write_history(database_url: str, issues: int, comments: int) -> int:
         await pool.close()
 
 
-def relay_for(database_url: str, bootstrap: str, topic: str, kind: str) -> Relay:
+def relay_for(
+    database_url: str,
+    bootstrap: str,
+    topic: str,
+    kind: str,
+    batch_size: int = 25,
+    max_in_flight: int = 2,
+) -> Relay:
     return Relay(
         database_url=database_url,
         bootstrap=bootstrap,
         topic=topic,
         partitions=4,
         idempotent=kind == "apache",
-        batch_size=25,
+        batch_size=batch_size,
+        max_in_flight=max_in_flight,
         poll_interval=0.1,
     )
 
@@ -80,6 +90,14 @@ async def published(database_url: str) -> int:
         )
     finally:
         await conn.close()
+
+
+async def wait_published(database_url: str, count: int, seconds: float = 20.0) -> None:
+    """Until `count` events are marked published (or `seconds` passed; the caller asserts)."""
+    for _ in range(int(seconds / 0.05)):
+        if await published(database_url) == count:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def read_topic(bootstrap: str, topic: str, expected: int) -> list[LogEvent]:
@@ -128,7 +146,10 @@ async def test_relay_cancelled_mid_batch_loses_nothing(
     kind, bootstrap = broker
     total = await write_history(database_url, issues=20, comments=9)
     stop = asyncio.Event()
-    task = asyncio.create_task(relay_for(database_url, bootstrap, topic, kind).run(stop))
+    # Small batches: the pipelined relay publishes 25-event batches of this history so fast
+    # that the kill could land after the last mark.
+    killed = relay_for(database_url, bootstrap, topic, kind, batch_size=4)
+    task = asyncio.create_task(killed.run(stop))
     for _ in range(500):
         if 0 < await published(database_url) < total:
             break
@@ -138,13 +159,59 @@ async def test_relay_cancelled_mid_batch_loses_nothing(
         await task
     assert await published(database_url) < total
     restarted = asyncio.create_task(relay_for(database_url, bootstrap, topic, kind).run(stop))
-    for _ in range(400):
-        if await published(database_url) == total:
-            break
-        await asyncio.sleep(0.05)
+    await wait_published(database_url, total)
     stop.set()
     await restarted
     check_log(await read_topic(bootstrap, topic, total), total)
+
+
+async def test_pipelined_relay_sends_each_event_once_while_commits_arrive(
+    database_url: str, broker: tuple[str, str], topic: str
+) -> None:
+    kind, bootstrap = broker
+    stop = asyncio.Event()
+    relay = relay_for(database_url, bootstrap, topic, kind, batch_size=3, max_in_flight=3)
+    task = asyncio.create_task(relay.run(stop))
+    # Commits land while earlier batches are in flight: the next read must skip those.
+    total = await write_history(database_url, issues=12, comments=4)
+    await wait_published(database_url, total)
+    stop.set()
+    await task
+    assert await published(database_url) == total
+    events = await read_topic(bootstrap, topic, total)
+    assert len(events) == total, "an event in flight was read and sent again"
+    check_log(events, total)
+
+
+async def test_nothing_is_marked_published_while_the_broker_does_not_ack(
+    database_url: str, topic: str
+) -> None:
+    total = await write_history(database_url, issues=4, comments=1)
+    frozen = TansuBroker(cluster_id=f"frozen-{uuid.uuid4().hex[:6]}", forward_logs=False)
+    await asyncio.to_thread(frozen.start)
+    assert frozen.pid is not None
+    stop = asyncio.Event()
+    task = asyncio.create_task(relay_for(database_url, frozen.bootstrap, topic, "tansu").run(stop))
+    try:
+        while await published(database_url) < total:
+            await asyncio.sleep(0.05)
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            more = sum([await write_history_more(database_url) for _ in range(8)])
+            await asyncio.sleep(1.5)
+            assert await published(database_url) == total, "marked before the broker acked"
+            assert RELAY_LAG._value.get() >= 1.0, "the lag must grow while acks do not come"
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        await wait_published(database_url, total + more)
+        stop.set()
+        await task
+        events = await read_topic(frozen.bootstrap, topic, total + more)
+        assert len(events) == total + more
+        check_log(events, total + more)
+    finally:
+        stop.set()
+        await asyncio.to_thread(frozen.stop)
 
 
 async def test_standby_relay_takes_over(database_url: str, tansu: str, topic: str) -> None:

@@ -5,10 +5,11 @@
 SELECT pg_try_advisory_lock($1)
 
 -- unpublished_events --
--- The next batch of unpublished events, in position order
+-- The next batch of unpublished events not already in flight ($2), in position order
 SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
     inbound_source, inbound_delivery, position
-FROM events WHERE published_at IS NULL ORDER BY position LIMIT $1
+FROM events WHERE published_at IS NULL AND position <> ALL($2::bigint[])
+ORDER BY position LIMIT $1
 
 -- mark_published --
 -- Mark a batch published once the log acked every event of it

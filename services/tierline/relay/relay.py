@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -46,6 +48,7 @@ class Relay:
         replication: int = 1,
         min_insync_replicas: int | None = None,
         batch_size: int = 500,
+        max_in_flight: int = 1,
         poll_interval: float = 1.0,
     ) -> None:
         self._database_url = database_url
@@ -56,6 +59,7 @@ class Relay:
         self._min_insync_replicas = min_insync_replicas
         self._idempotent = idempotent
         self._batch_size = batch_size
+        self._max_in_flight = max_in_flight
         self._poll_interval = poll_interval
         self._wakeup = asyncio.Event()
         self.is_leader = False
@@ -118,24 +122,50 @@ class Relay:
     async def _publish_loop(
         self, conn: asyncpg.Connection, producer: AIOKafkaProducer, stop: asyncio.Event
     ) -> None:
+        """Send batch after batch, marking each published once acked; wait when idle.
+
+        With `max_in_flight` above 1 it is pipelined: the next batch is read and sent while
+        the previous one's acks come back, so events that commit during a produce round trip
+        wait neither for its acks nor for its mark before they are sent.
+        """
+        pipeline = Pipeline(self._max_in_flight)
         while not stop.is_set():
             self._wakeup.clear()
-            published = await self.publish_batch(conn, producer)
-            if published >= self._batch_size:
-                continue
-            oldest = await conn.fetchval(QUERIES["oldest_unpublished"])
-            RELAY_LAG.set(0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds())
-            waiter = asyncio.ensure_future(self._wakeup.wait())
-            stopper = asyncio.ensure_future(stop.wait())
-            await asyncio.wait(
-                {waiter, stopper}, timeout=self._poll_interval, return_when="FIRST_COMPLETED"
-            )
-            waiter.cancel()
-            stopper.cancel()
+            await self._mark_acked(conn, pipeline)
+            sent = 0 if pipeline.full else await self._send_batch(conn, producer, pipeline)
+            RELAY_LAG.set(await self._lag(conn, pipeline))
+            if not sent:
+                await self._wait(pipeline, stop)
+        # Stopping between batches: what was sent is acked and marked, not sent again later.
+        while (acked := pipeline.head_acked()) is not None:
+            await asyncio.wait({acked})
+            await self._mark_acked(conn, pipeline)
 
-    async def publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
-        """Send the next batch in position order, wait for every ack, then mark it published."""
-        rows = await conn.fetch(QUERIES["unpublished_events"], self._batch_size)
+    async def _lag(self, conn: asyncpg.Connection, pipeline: Pipeline) -> float:
+        """Age of the oldest unpublished event: the oldest in flight; asked only when idle."""
+        oldest = pipeline.oldest_time()
+        if oldest is None:
+            oldest = await conn.fetchval(QUERIES["oldest_unpublished"])
+        return 0.0 if oldest is None else (datetime.now(UTC) - oldest).total_seconds()
+
+    async def _wait(self, pipeline: Pipeline, stop: asyncio.Event) -> None:
+        """Until a NOTIFY (unless no batch may be sent), the oldest batch's acks, or `stop`."""
+        waiters: set[asyncio.Future[Any]] = {asyncio.ensure_future(stop.wait())}
+        if not pipeline.full:
+            waiters.add(asyncio.ensure_future(self._wakeup.wait()))
+        acked = pipeline.head_acked()
+        watched = waiters if acked is None else {*waiters, acked}
+        await asyncio.wait(watched, timeout=self._poll_interval, return_when="FIRST_COMPLETED")
+        for waiter in waiters:
+            waiter.cancel()
+
+    async def _send_batch(
+        self, conn: asyncpg.Connection, producer: AIOKafkaProducer, pipeline: Pipeline
+    ) -> int:
+        """Hand the next unpublished events not already in flight to the producer."""
+        rows = await conn.fetch(
+            QUERIES["unpublished_events"], self._batch_size, pipeline.positions()
+        )
         if not rows:
             return 0
         read_at = time.time()
@@ -145,11 +175,82 @@ class Relay:
         for row in rows:
             key, value, headers = to_kafka_record(stored_event(row))
             futures.append(await producer.send(self._topic, value=value, key=key, headers=headers))
-        await asyncio.gather(*futures)
-        acked = time.time() - read_at
-        for _ in rows:
-            RELAY_PUBLISH.observe(acked)
-        positions = [row["position"] for row in rows]
-        await conn.execute(QUERIES["mark_published"], positions, datetime.now(UTC))
-        EVENTS_PUBLISHED.inc(len(rows))
+        pipeline.add(InFlight(rows, futures, read_at))
         return len(rows)
+
+    async def _mark_acked(self, conn: asyncpg.Connection, pipeline: Pipeline) -> None:
+        """Mark published, in send order, the leading batches whose every event was acked."""
+        positions = pipeline.pop_acked()
+        if positions:
+            await conn.execute(QUERIES["mark_published"], positions, datetime.now(UTC))
+            EVENTS_PUBLISHED.inc(len(positions))
+
+    async def publish_batch(self, conn: asyncpg.Connection, producer: AIOKafkaProducer) -> int:
+        """Send the next batch in position order, wait for every ack, then mark it published."""
+        pipeline = Pipeline(1)
+        sent = await self._send_batch(conn, producer, pipeline)
+        acked = pipeline.head_acked()
+        if acked is not None:
+            await acked
+            await self._mark_acked(conn, pipeline)
+        return sent
+
+
+class InFlight:
+    """A batch handed to the producer: its rows and one future for the last of their acks."""
+
+    def __init__(
+        self, rows: list[asyncpg.Record], futures: list[asyncio.Future[Any]], read_at: float
+    ) -> None:
+        self.rows = rows
+        self.read_at = read_at
+        self.acked: asyncio.Future[list[Any]] = asyncio.gather(*futures)
+        self.acked.add_done_callback(self._observe)
+
+    def _observe(self, acked: asyncio.Future[list[Any]]) -> None:
+        if not acked.cancelled() and acked.exception() is None:
+            seconds = time.time() - self.read_at
+            for _ in self.rows:
+                RELAY_PUBLISH.observe(seconds)
+
+
+class Pipeline:
+    """Batches sent and not yet marked published, oldest first.
+
+    A batch is marked only after every batch sent before it was, so a failed ack (the
+    producer gave up on a record) leaves that batch and every later one unmarked: the
+    restarted relay sends them again, and consumers skip what they already applied.
+    """
+
+    def __init__(self, max_in_flight: int) -> None:
+        self._max = max_in_flight
+        self._batches: deque[InFlight] = deque()
+
+    @property
+    def full(self) -> bool:
+        """No batch may be sent until the oldest is acked."""
+        return len(self._batches) >= self._max
+
+    def add(self, batch: InFlight) -> None:
+        """A batch whose every record was handed to the producer."""
+        self._batches.append(batch)
+
+    def positions(self) -> list[int]:
+        """The positions in flight: the next read must not return them again."""
+        return [row["position"] for batch in self._batches for row in batch.rows]
+
+    def oldest_time(self) -> datetime | None:
+        """The time of the oldest event in flight (None when none is)."""
+        return min((row["time"] for batch in self._batches for row in batch.rows), default=None)
+
+    def head_acked(self) -> asyncio.Future[list[Any]] | None:
+        """The oldest batch's last ack, if a batch is in flight."""
+        return self._batches[0].acked if self._batches else None
+
+    def pop_acked(self) -> list[int]:
+        """The positions of the leading batches whose every record was acked; raises a failure."""
+        positions: list[int] = []
+        while self._batches and self._batches[0].acked.done():
+            self._batches[0].acked.result()
+            positions += [row["position"] for row in self._batches.popleft().rows]
+        return positions

@@ -21,6 +21,7 @@ async def run_relay(settings: Settings, stop: asyncio.Event) -> None:
         min_insync_replicas=settings.kafka_min_insync_replicas,
         idempotent=idempotent,
         batch_size=settings.relay_batch_size,
+        max_in_flight=settings.relay_max_in_flight,
         poll_interval=settings.relay_poll_interval,
     )
     await relay.run(stop)
