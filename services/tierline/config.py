@@ -55,10 +55,11 @@ class Settings(BaseSettings):
     # trips); "locking" runs BEGIN, lock the head, append, COMMIT (the pre-0.x path, kept for
     # comparison in bench/write_path.py).
     write_path: Literal["one-statement", "locking"] = "one-statement"
-    # `tierline dev` only: "per-role" runs relay, projector, sla and webhooks as child
-    # processes beside the API, as production does; "two" runs the four in one child; "one"
-    # runs every role in the dev process (devstack/role_processes.py; bench/README.md).
-    dev_processes: Literal["per-role", "two", "one"] = "per-role"
+    # `tierline dev` only: "two" (default) runs relay, projector, sla and webhooks together in
+    # one child process beside the API; "per-role" runs each in its own child, as production
+    # does; "one" runs every role in the dev process (devstack/role_processes.py; measured in
+    # bench/README.md, "tierline dev's process layouts").
+    dev_processes: Literal["per-role", "two", "one"] = "two"
     # Fernet keys, comma-separated, newest first: encrypts webhook signing secrets at rest
     # (tierline/secretbox.py, docs/adr/0007). The api and webhooks roles refuse to start without.
     secret_key: SecretStr | None = None

@@ -367,7 +367,7 @@ def test_dev_runs_each_background_role_in_its_own_process(tmp_path: Path) -> Non
     """Relay and projector really work from their own processes; a dead one stops the stack."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    proc, info = start_dev(data_dir, free_port())
+    proc, info = start_dev(data_dir, free_port(), {"TIERLINE_DEV_PROCESSES": "per-role"})
     try:
         assert set(info["metrics"]) == {"api", "relay", "projector", "sla", "webhooks"}
         assert len(set(info["metrics"].values())) == 5
@@ -409,15 +409,24 @@ def _alive(pid: int) -> bool:
     [
         ("one", set(), "api"),
         ("two", {"relay,projector,sla,webhooks"}, "relay+projector+sla+webhooks"),
+        # Unset: the default is two (bench/README.md, "tierline dev's process layouts").
+        (None, {"relay,projector,sla,webhooks"}, "relay+projector+sla+webhooks"),
     ],
 )
 def test_dev_with_the_roles_together(
-    tmp_path: Path, mode: str, children: set[str], relay_metrics: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str | None,
+    children: set[str],
+    relay_metrics: str,
 ) -> None:
-    """TIERLINE_DEV_PROCESSES=one|two: the roles share a process, and the read models follow."""
+    """TIERLINE_DEV_PROCESSES=one|two|unset: the roles share a process, read models follow."""
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    proc, info = start_dev(data_dir, free_port(), {"TIERLINE_DEV_PROCESSES": mode})
+    monkeypatch.delenv("TIERLINE_DEV_PROCESSES", raising=False)
+    proc, info = start_dev(
+        data_dir, free_port(), {"TIERLINE_DEV_PROCESSES": mode} if mode else None
+    )
     try:
         assert set(info["metrics"]) == {"api", relay_metrics}
         assert set(_role_pids(proc.pid)) == children

@@ -2,13 +2,13 @@
 
 In one process the API and four log roles share one event loop, and so one core: at a few
 hundred commands/s the relay's and projectors' turns wait behind HTTP requests, and the time from
-a command to its read model grows with the rate (bench/README.md, "Freshness"). With
-`per-role` (the default) the dev process keeps the API and starts relay, projector, sla and
-webhooks as children, as production runs them (docs/operations.md), so the kernel spreads them
-over the cores. `one` keeps every role in the dev process (less memory, one PID to profile).
-
-`two` runs the four of them together in one child beside the API (one core for HTTP, one
-for the log path, with the roles' batches as large as in one process).
+a command to its read model grows with the rate (bench/README.md, "Freshness"). With `two`
+(the default) the dev process keeps the API and starts relay, projector, sla and webhooks
+together in one child: one core for HTTP, one for the log path, with the roles' batches as
+large as in one process. `per-role` starts each of the four as its own child, as production
+runs them (docs/operations.md): freshest at low rates, but every consumer applies smaller
+batches and the stack needs more CPU per command, so on 2 cores it fell behind at 500/s. `one`
+keeps every role in the dev process (least memory, one PID to profile).
 
 A child is `python -m tierline.devstack.role_processes ROLE[,ROLE...] LOG_FILE`:
 - it gets the dev process's settings as TIERLINE_* variables (never on its command line, which
