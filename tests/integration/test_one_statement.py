@@ -13,7 +13,6 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
-from typing import Any
 
 import asyncpg
 import pytest
@@ -190,85 +189,6 @@ async def _race(two_apis: tuple[Stack, Stack], pool: asyncpg.Pool, seed: int) ->
         if key is not None:
             answers.setdefault(key, set()).add(body["version"])
     assert all(len(v) == 1 for v in answers.values()), answers  # one answer per key
-
-
-async def test_an_open_whose_key_was_taken_meanwhile_leaves_no_issue(
-    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
-) -> None:
-    await _issue(two_apis[0])  # the vendor exists
-    reference = ReferenceData(pool)
-    service = IssueService(PostgresUnitOfWorkFactory(pool, reference))
-    streams_before = await pool.fetchval("SELECT count(*) FROM streams")
-    events_before = await pool.fetchval("SELECT count(*) FROM events")
-    loser = OneStatementUnitOfWork(pool, reference)
-    opened = c.OpenIssue(vendor_id="acme-it", title="late", category="communication", priority="P2")
-    with pytest.raises(StreamVersionConflict):
-        async with loser:
-            assert await loser.idempotency.claim("k4", "race-open", "h") is None
-            outcome = await service.open(SYSTEM, opened, uow=loser)
-            await loser.idempotency.complete("k4", "race-open", 201, {"late": True}, {})
-            await pool.execute(
-                "INSERT INTO idempotency_keys (principal, key, request_hash, status, body)"
-                " VALUES ('k4', 'race-open', 'h', 201, '{}')"
-            )
-    assert outcome.created and outcome.issue.version == 1
-    assert await pool.fetchval("SELECT count(*) FROM streams") == streams_before
-    assert await pool.fetchval("SELECT count(*) FROM events") == events_before
-    assert not await pool.fetchval(
-        "SELECT count(*) FROM streams WHERE stream_id = $1", outcome.issue.id
-    )
-
-
-async def test_opens_racing_through_two_processes_create_one_issue_per_key(
-    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
-) -> None:
-    """Opens without an external ref are one statement each: same-key opens answer once."""
-    await _issue(two_apis[0])
-    rng = random.Random(7)
-    keys = [f"race-open-{i}" for i in range(6)]
-    plan = []  # (which API, idempotency key or None, title)
-    for i in range(36):
-        key = rng.choice(keys) if rng.random() < 0.6 else None
-        plan.append((rng.randrange(2), key, f"open-{key}" if key else f"open-free-{i}"))
-    key_of_one = two_apis[0].admin_key
-    async with two_apis[0].client() as one, two_apis[1].client(key_of_one) as two:
-        https = (one, two)
-
-        async def post(api: int, key: str | None, title: str) -> tuple[int, dict[str, Any]]:
-            body = {"vendor_id": "acme-it", "title": title, "category": "quality"}
-            headers = {"Idempotency-Key": key} if key is not None else None
-            async with https[api].post(
-                "/v1/issues", json={**body, "priority": "P2"}, headers=headers
-            ) as resp:
-                return resp.status, await resp.json()
-
-        results = await asyncio.gather(*(post(*step) for step in plan))
-    assert [status for status, _ in results] == [201] * len(plan), results
-    ids_by_key: dict[str, set[str]] = {}
-    for (_, key, _), (_, body) in zip(plan, results, strict=True):
-        if key is not None:
-            ids_by_key.setdefault(key, set()).add(body["id"])
-    assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
-    created = {body["id"] for _, body in results}
-    assert len(created) == len(ids_by_key) + sum(1 for _, key, _ in plan if key is None)
-    rows = await pool.fetch(
-        "SELECT s.stream_id, s.version, s.snapshot->>'title' AS title,"
-        " array_agg(e.version ORDER BY e.version) AS versions"
-        " FROM streams s JOIN events e USING (stream_id)"
-        " WHERE s.snapshot->>'title' LIKE 'open-%' GROUP BY s.stream_id",
-    )
-    assert {r["stream_id"] for r in rows} == created  # nothing stored beyond the answers
-    for row in rows:
-        assert row["versions"] == list(range(1, row["version"] + 1)), dict(row)
-    # The opens went through the one-statement unit: it keeps each new issue in its process's
-    # cache, so the next command there decides on it without a read (the locking unit does not).
-    current = REGISTRY.get_sample_value("tierline_cached_issues_total", {"result": "current"})
-    async with two_apis[0].client() as one:
-        fresh = [await open_issue(one, title=f"cached-{i}") for i in range(3)]
-        for issue in fresh:
-            assert (await command(one, issue["id"], "comments", {"body": "x"}))[0] == 200
-    after = REGISTRY.get_sample_value("tierline_cached_issues_total", {"result": "current"})
-    assert (after or 0) - (current or 0) >= 3
 
 
 async def test_both_write_paths_build_the_same_factory_contract(

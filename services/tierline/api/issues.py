@@ -72,11 +72,8 @@ async def open_issue(request: web.Request) -> web.Response:
         )
         return _rendered(outcome, opening=True)
 
-    # Without an external ref, an open is one statement (store/one_statement.py); a ref is
-    # registered in the locking unit's transaction.
-    units = request.app[UNITS] if command.external_ref is not None else request.app[COMMAND_UNITS]
     try:
-        return await answer_once(request, payload, units, work, last_try=request.app[UNITS])
+        return await answer_once(request, payload, request.app[UNITS], work)
     except UnknownVendor:
         raise Problem(
             422,

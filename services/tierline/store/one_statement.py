@@ -23,10 +23,8 @@ and the caller runs the command again on the fresh issue. How often the cache wa
 tracked per process (`CacheTrust`); below 80% (several API processes on one hot issue) the unit
 reads first again.
 
-Issue commands run here, and opening an issue without an external ref (`open_command`: the
-new head, its events and the answer in one statement). Opening with an external ref registers
-the ref in the same transaction, and other routes write through `connection`, so they keep the
-locking unit.
+Only issue commands run here: opening an issue registers external refs in the same
+transaction, and other routes write through `connection`, so they keep the locking unit.
 """
 
 from __future__ import annotations
@@ -161,14 +159,16 @@ class OneStatementIssueStore:
         """Keep the append for the statement at the unit's end."""
         if self._unit.pending is not None:
             raise RuntimeError("a one-statement unit of work appends to one stream once")
+        if expected_version == 0:
+            raise RuntimeError("opening an issue needs the locking unit of work")
         self._unit.pending = _Append(issue, expected_version, events, time, traceparent, origin)
 
     async def find_ref(self, system: str, key: str) -> port.ExternalRef | None:
-        """Not here: opening an issue with an external ref needs the locking unit of work."""
+        """Not here: opening issues (and their refs) needs the locking unit of work."""
         raise RuntimeError("external refs need the locking unit of work")
 
     async def add_ref(self, system: str, key: str, ref: port.ExternalRef) -> bool:
-        """Not here: opening an issue with an external ref needs the locking unit of work."""
+        """Not here: opening issues (and their refs) needs the locking unit of work."""
         raise RuntimeError("external refs need the locking unit of work")
 
 
@@ -305,12 +305,9 @@ class OneStatementUnitOfWork:
         a, claim, answer = self.pending, self.claim, self.answer
         events = [] if a is None else a.events
         first = 0 if a is None else a.expected_version + 1
-        # A new issue (expected version 0) inserts its head; a command moves an existing one.
-        opening = a is not None and a.expected_version == 0
-        statement = QUERIES["open_command"] if opening else QUERIES["append_command"]
         try:
             row = await self.connection.fetchrow(
-                statement,
+                QUERIES["append_command"],
                 None if a is None else a.issue.id,
                 "issue",
                 None if a is None else a.traceparent,

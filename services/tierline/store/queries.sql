@@ -63,34 +63,6 @@ WITH moved AS (
 SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended,
     (SELECT count(*) FROM claim) AS claimed
 
--- open_command --
--- Opening an issue in one statement, with the same parameters as append_command ($13, the
--- expected version, is 0): the new head, its events and the idempotency answer ($16–$21, when
--- a key was sent) go in together. The stream id is a fresh UUID, so the head is new; a key
--- taken in the meantime violates its primary key and undoes the whole statement.
-WITH moved AS (
-    INSERT INTO streams (stream_id, stream_type, vendor_id, version, snapshot, updated_at)
-    SELECT $1, $2, $9, $10, $11::jsonb, $12
-    WHERE $13::int = 0 AND cardinality($4::uuid[]) > 0
-    RETURNING version
-), claim AS (
-    INSERT INTO idempotency_keys (principal, key, request_hash, status, body, headers)
-    SELECT $16, $17, $18, $19, $20::jsonb, $21::jsonb
-    WHERE $16::text IS NOT NULL AND EXISTS (SELECT 1 FROM moved)
-    RETURNING 1
-), appended AS (
-    INSERT INTO events
-        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent,
-         inbound_source, inbound_delivery)
-    SELECT e.event_id, $1, $2, $9, e.version, e.type, e.time, e.data::jsonb, $3, $14, $15
-    FROM unnest($4::uuid[], $5::int[], $6::text[], $7::timestamptz[], $8::text[])
-        AS e(event_id, version, type, time, data)
-    WHERE EXISTS (SELECT 1 FROM moved)
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended,
-    (SELECT count(*) FROM claim) AS claimed
-
 -- stream_events --
 -- Every event of one stream, in version order
 SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
