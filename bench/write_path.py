@@ -42,6 +42,7 @@ from rich.table import Table
 
 from bench.common import dev_stack, save, summary, tree_cpu_seconds
 from bench.sla import cpu_seconds, new_database, role_env, role_process
+from tierline.config import Settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import ManagedProcess, free_port, wait_for_tcp
 from tierline.devstack.tansu import TansuBroker
@@ -634,8 +635,10 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--dev-processes",
         type=lambda s: s.split(","),
-        default=["per-role"],
-        help="TIERLINE_DEV_PROCESSES values (per-role, two, one) to compare, interleaved too",
+        # tierline dev's own default, so the headline figure is what a newcomer runs.
+        default=[Settings.model_fields["dev_processes"].default],
+        help="TIERLINE_DEV_PROCESSES values (per-role, two, one) to compare, interleaved too"
+        " (default: tierline dev's)",
     )
     parser.add_argument("--http-runs", type=int, default=3, help="interleaved HTTP runs")
     parser.add_argument(

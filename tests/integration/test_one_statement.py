@@ -13,6 +13,7 @@ import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
+from typing import Any
 
 import asyncpg
 import pytest
@@ -189,6 +190,49 @@ async def _race(two_apis: tuple[Stack, Stack], pool: asyncpg.Pool, seed: int) ->
         if key is not None:
             answers.setdefault(key, set()).add(body["version"])
     assert all(len(v) == 1 for v in answers.values()), answers  # one answer per key
+
+
+async def test_opens_racing_through_two_processes_create_one_issue_per_key(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool
+) -> None:
+    """Opens with random Idempotency-Keys through two processes: one issue per key, no extra."""
+    await _issue(two_apis[0])
+    rng = random.Random(7)
+    keys = [f"race-open-{i}" for i in range(6)]
+    plan = []  # (which API, idempotency key or None, title)
+    for i in range(36):
+        key = rng.choice(keys) if rng.random() < 0.6 else None
+        plan.append((rng.randrange(2), key, f"open-{key}" if key else f"open-free-{i}"))
+    key_of_one = two_apis[0].admin_key
+    async with two_apis[0].client() as one, two_apis[1].client(key_of_one) as two:
+        https = (one, two)
+
+        async def post(api: int, key: str | None, title: str) -> tuple[int, dict[str, Any]]:
+            body = {"vendor_id": "acme-it", "title": title, "category": "quality"}
+            headers = {"Idempotency-Key": key} if key is not None else None
+            async with https[api].post(
+                "/v1/issues", json={**body, "priority": "P2"}, headers=headers
+            ) as resp:
+                return resp.status, await resp.json()
+
+        results = await asyncio.gather(*(post(*step) for step in plan))
+    assert [status for status, _ in results] == [201] * len(plan), results
+    ids_by_key: dict[str, set[str]] = {}
+    for (_, key, _), (_, body) in zip(plan, results, strict=True):
+        if key is not None:
+            ids_by_key.setdefault(key, set()).add(body["id"])
+    assert all(len(ids) == 1 for ids in ids_by_key.values()), ids_by_key
+    created = {body["id"] for _, body in results}
+    assert len(created) == len(ids_by_key) + sum(1 for _, key, _ in plan if key is None)
+    rows = await pool.fetch(
+        "SELECT s.stream_id, s.version, s.snapshot->>'title' AS title,"
+        " array_agg(e.version ORDER BY e.version) AS versions"
+        " FROM streams s JOIN events e USING (stream_id)"
+        " WHERE s.snapshot->>'title' LIKE 'open-%' GROUP BY s.stream_id",
+    )
+    assert {r["stream_id"] for r in rows} == created  # nothing stored beyond the answers
+    for row in rows:
+        assert row["versions"] == list(range(1, row["version"] + 1)), dict(row)
 
 
 async def test_both_write_paths_build_the_same_factory_contract(
