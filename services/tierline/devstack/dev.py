@@ -1,7 +1,8 @@
 """`tierline dev`: PostgreSQL and a broker as child processes, then the roles.
 
-The API runs in this process; relay, projector, sla and webhooks run as child processes
-(devstack/role_processes.py), or in this process too with TIERLINE_DEV_PROCESSES=one.
+The API runs in this process; relay, projector, sla and webhooks run in one child process
+(TIERLINE_DEV_PROCESSES=two, the default), each in its own (per-role), or in this process too
+(one); devstack/role_processes.py.
 """
 
 from __future__ import annotations
