@@ -680,7 +680,9 @@ async def run_scenarios(
             continue
         console.print(f"[bold]{name}[/]: {clocks} clocks due within {window}s (tierline)")
         profile = args.profile / name.replace(" ", "_").replace("/", "") if args.profile else None
-        result = await tierline_scenario(infra, clocks, window, args.workers, args.lead, profile)
+        result = await tierline_scenario(
+            infra, clocks, window, args.workers, args.lead, profile, args.read_after
+        )
         console.print(result)
         rows.append((name, result))
         if not args.skip_peer:
