@@ -103,21 +103,31 @@ class Infrastructure:
     admin_dsn: str
     bootstrap: str
     postgres_pid: int
-    tansu_pid: int
+    broker_pid: int
+    # "tansu" (as `tierline dev`) or "kafka" (Apache Kafka 4 from deploy/kafka/, production)
+    broker: str = "tansu"
 
 
 @contextmanager
-def infrastructure() -> Iterator[Infrastructure]:
-    """PostgreSQL and Tansu, as `tierline dev` runs them, in a throwaway directory."""
+def infrastructure(broker_name: str = "tansu") -> Iterator[Infrastructure]:
+    """PostgreSQL and the broker (Tansu, or Apache Kafka) in a throwaway directory."""
     with tempfile.TemporaryDirectory(prefix="tierline-bench-sla-") as tmp:
         postgres = PostgresServer(Path(tmp) / "pg", forward_logs=False, settings=PG_SETTINGS)
-        broker = TansuBroker(cluster_id=f"bench-{uuid.uuid4().hex[:8]}", forward_logs=False)
+        broker: Any
+        if broker_name == "kafka":
+            from tests.fixtures.apache_kafka import ApacheKafkaBroker
+
+            broker = ApacheKafkaBroker(Path(tmp) / "kafka")
+        else:
+            broker = TansuBroker(cluster_id=f"bench-{uuid.uuid4().hex[:8]}", forward_logs=False)
         postgres.start()
         try:
             broker.start()
             try:
                 assert postgres.pid is not None and broker.pid is not None
-                yield Infrastructure(postgres.dsn, broker.bootstrap, postgres.pid, broker.pid)
+                yield Infrastructure(
+                    postgres.dsn, broker.bootstrap, postgres.pid, broker.pid, broker_name
+                )
             finally:
                 broker.stop()
         finally:
@@ -190,7 +200,7 @@ def role_process(
     return ManagedProcess(name, argv, env=env, forward=False, stop_signal=signal.SIGTERM)
 
 
-def role_env(database_url: str, bootstrap: str, topic: str) -> dict[str, str]:
+def role_env(database_url: str, bootstrap: str, topic: str, broker: str) -> dict[str, str]:
     """The environment every role process of a scenario shares."""
     return {
         **os.environ,
@@ -198,7 +208,8 @@ def role_env(database_url: str, bootstrap: str, topic: str) -> dict[str, str]:
         "TIERLINE_KAFKA_BOOTSTRAP": bootstrap,
         "TIERLINE_KAFKA_TOPIC": topic,
         "TIERLINE_KAFKA_PARTITIONS": str(PARTITIONS),
-        "TIERLINE_KAFKA_IDEMPOTENCE": "false",
+        # Tansu has no idempotent producer; Apache Kafka runs with the production default.
+        "TIERLINE_KAFKA_IDEMPOTENCE": "true" if broker == "kafka" else "false",
         "TIERLINE_METRICS_PORT": "0",
         "TIERLINE_LOG_LEVEL": "WARNING",
         "TIERLINE_RELAY_POLL_INTERVAL": "0.2",
@@ -377,7 +388,7 @@ async def tierline_scenario(
     topic = f"bench.sla.{uuid.uuid4().hex[:8]}"
     await ensure_topic(bootstrap, topic, PARTITIONS)
     pool = await create_pool(url, min_size=4, max_size=40)
-    env = role_env(url, bootstrap, topic)
+    env = role_env(url, bootstrap, topic, infra.broker)
     relay_metrics = f"http://127.0.0.1:{(relay_port := free_port())}/metrics"
     procs = [role_process("relay", "relay", env, metrics_port=relay_port)]
     procs += [role_process(f"sla-{n}", "sla", env) for n in range(workers)]
@@ -404,7 +415,7 @@ async def tierline_scenario(
             "bench": [os.getpid()],
             "relay": [p.pid for p in procs[:1] if p.pid],
             "sla": [p.pid for p in procs[1:] if p.pid],
-            "tansu": [infra.tansu_pid],
+            infra.broker: [infra.broker_pid],
             "postgres": [infra.postgres_pid],
         }
         parents = {"postgres": infra.postgres_pid}
@@ -695,7 +706,7 @@ async def run_scenarios(
 
 def main(args: argparse.Namespace) -> None:
     """Start the infrastructure (its start-up runs its own event loops), then the scenarios."""
-    with infrastructure() as infra:
+    with infrastructure(args.broker) as infra:
         rows = asyncio.run(run_scenarios(args, infra))
     render(rows)
     result = {
@@ -723,6 +734,12 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", default=["burst", "sustained"])
     parser.add_argument("--skip-peer", action="store_true", help="tierline only")
     parser.add_argument("--name", default="sla", help="bench/results/<name>.json")
+    parser.add_argument(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default="tansu",
+        help="tansu (as tierline dev) or kafka (Apache Kafka 4, deploy/kafka/; production shape)",
+    )
     parser.add_argument(
         "--read-after",
         action="store_true",
