@@ -515,6 +515,7 @@ class AckedProgress:
     async def poll(self, pool: asyncpg.Pool, expected: int) -> int:
         """Breaches decided so far; `expected` + 1 once every one is also published."""
         row = await pool.fetchrow(NEW_ROWS, BREACH_TYPE.decode(), self.last_position)
+        assert row is not None  # an aggregate always returns its row
         if row["last"] is not None:
             self.breaches += row["breaches"]
             self.last_position = row["last"]
