@@ -56,7 +56,7 @@ bench-production: $(STAMP)
 	$(BIN)/python -m bench.projector --skip-replay --shape separate --name projector_freshness_separate_kafka
 
 # On the topic = the relay marked the breach published after the broker's ack; the topic is
-# read back after the run (a live reader loads Tansu by ~15% of a core). Both shapes.
+# read back after the run (a live reader loads the broker it measures). Both shapes.
 bench-sla: $(STAMP)
 	$(BIN)/python -m bench.sla --clocks 100000 --rate 620,1000 --read-after --name sla
 	$(BIN)/python -m bench.sla --clocks 100000 --rate 620,1000 --read-after --broker kafka --name sla_kafka
