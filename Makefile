@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test browser drill lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks schemas clean
+.PHONY: run test browser drill lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks bench-tansu schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ schemas: $(STAMP)
 	$(BIN)/python -m tierline.schemagen
 
 # Every figure of bench/README.md, into bench/results/*.json (about 25 minutes on 2 cores).
-bench: bench-write bench-projector bench-production bench-sla bench-webhooks
+bench: bench-write bench-projector bench-production bench-sla bench-webhooks bench-tansu
 
 bench-write: $(STAMP)
 	$(BIN)/python -m bench.write_path
@@ -63,6 +63,12 @@ bench-sla: $(STAMP)
 
 bench-webhooks: $(STAMP)
 	$(BIN)/python -m bench.webhooks
+
+# What partitions and a log of small batches cost Tansu, with tierline dev's three consumers.
+bench-tansu: $(STAMP)
+	$(BIN)/python -m bench.tansu_partitions --runs 2
+	$(BIN)/python -m bench.tansu_partitions --partitions 1,12 --consumers 3 --fill 0,30000,60000 --runs 1 --name tansu_fill
+	$(BIN)/python -m bench.tansu_partitions --partitions 1,12 --consumers 3 --fill 60000 --fill-large-batches --runs 1 --name tansu_fill_large
 
 clean:
 	rm -rf $(VENV) .tierline .pytest_cache .mypy_cache .ruff_cache

@@ -55,6 +55,7 @@ from rich.table import Table
 from bench.common import ROOT, percentile, save
 from bench.projector import scrape_histograms, stage_figures
 from tierline.config import Settings
+from tierline.devstack.dev import tansu_settings
 from tierline.devstack.postgres import PostgresServer
 from tierline.devstack.process import ManagedProcess, free_port
 from tierline.devstack.tansu import TansuBroker
@@ -69,7 +70,8 @@ from tierline.store.unit_of_work import issue_service
 from tierline.store.vendors import insert_vendor, replace_governance
 
 console = Console(width=150)
-PARTITIONS = 12
+PARTITIONS = 12  # --partitions
+FETCH_WAIT_MS: str | None = None  # --fetch-wait-ms (None: the roles' default)
 TARGET = timedelta(hours=1)
 # One tier, one policy: each respond clock breaches once; no warnings, no escalation, and the
 # resolve clock falls due long after the run.
@@ -213,6 +215,7 @@ def role_env(database_url: str, bootstrap: str, topic: str, broker: str) -> dict
         "TIERLINE_METRICS_PORT": "0",
         "TIERLINE_LOG_LEVEL": "WARNING",
         "TIERLINE_RELAY_POLL_INTERVAL": "0.2",
+        **({} if FETCH_WAIT_MS is None else {"TIERLINE_CONSUMER_FETCH_MAX_WAIT_MS": FETCH_WAIT_MS}),
     }
 
 
@@ -738,6 +741,14 @@ async def run_scenarios(
 
 def main(args: argparse.Namespace) -> None:
     """Start the infrastructure (its start-up runs its own event loops), then the scenarios."""
+    global PARTITIONS, FETCH_WAIT_MS
+    # The Tansu shape runs with `tierline dev`'s settings for Tansu unless told otherwise.
+    dev = tansu_settings({}) if args.broker == "tansu" else {}
+    partitions = args.partitions or dev.get("kafka_partitions", Settings().kafka_partitions)
+    PARTITIONS = int(str(partitions))
+    fetch_wait = args.fetch_wait_ms or dev.get("consumer_fetch_max_wait_ms")
+    FETCH_WAIT_MS = None if fetch_wait is None else str(fetch_wait)
+    args.partitions, args.fetch_wait_ms = PARTITIONS, FETCH_WAIT_MS
     with infrastructure(args.broker) as infra:
         rows = asyncio.run(run_scenarios(args, infra))
     render(rows)
@@ -782,6 +793,19 @@ def parse() -> argparse.Namespace:
         type=Path,
         metavar="DIR",
         help="py-spy records the sla and relay processes from the first due time (DIR/<scenario>)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="the topic's partitions (default: as `tierline dev` on Tansu, 12 on Kafka)",
+    )
+    parser.add_argument(
+        "--fetch-wait-ms",
+        type=int,
+        default=None,
+        help="the roles' consumer fetch wait (default: as `tierline dev` on Tansu, the roles'"
+        " default on Kafka)",
     )
     parser.add_argument("--pgqueuer-worker", metavar="DSN", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -18,7 +18,10 @@ from typing import Any
 import asyncpg
 import pytest
 
+from tierline.config import Settings
 from tierline.devstack.process import free_port
+from tierline.eventlog.kafka import TANSU_PARTITIONS
+from tierline.projector.logreader import topic_partitions
 
 KEY = "tl_dev_command_test_key"
 
@@ -124,6 +127,10 @@ def test_dev_starts_stops_cleanly_and_keeps_data(tmp_path: Path) -> None:
         # gives the TCP URL that psql, Grafana and other users can take.
         assert info["database_url"].startswith("postgresql://tierline@127.0.0.1:")
         assert _client_addresses(info["database_url"]) == {None}
+        # Each role is one consumer here: the topic has Tansu's partition count (ADR 0016).
+        topic = Settings.model_fields["kafka_topic"].default
+        partitions = asyncio.run(topic_partitions(info["kafka_bootstrap"], topic))
+        assert len(partitions) == TANSU_PARTITIONS
     finally:
         stop_dev(proc)
     assert not (data_dir / "dev.json").exists()

@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 
 import asyncpg
@@ -30,7 +31,7 @@ from tierline.devstack.role_processes import (
 )
 from tierline.devstack.secret_key import dev_secret_key
 from tierline.devstack.tansu import TansuBroker
-from tierline.eventlog.kafka import TANSU_FETCH_MAX_WAIT_MS, ensure_topic
+from tierline.eventlog.kafka import TANSU_FETCH_MAX_WAIT_MS, TANSU_PARTITIONS, ensure_topic
 from tierline.logs import configure_logging
 from tierline.store.api_keys import create_api_key, find_api_key, key_was_revoked, new_key
 from tierline.store.migrate import migrate_url
@@ -133,13 +134,7 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
             "database_url": postgres.socket_url(database_url) or database_url,
             "kafka_bootstrap": broker.bootstrap,
         }
-        if "TIERLINE_KAFKA_IDEMPOTENCE" not in os.environ:
-            # Tansu refuses producer ids; probing it logs a harmless but alarming ERROR.
-            update["kafka_idempotence"] = "false"
-        if "TIERLINE_CONSUMER_FETCH_MAX_WAIT_MS" not in os.environ:
-            # Tansu answers a waiting fetch only after about half of this, however soon a
-            # record arrives (eventlog/kafka.py): the default 500 ms made every event late.
-            update["consumer_fetch_max_wait_ms"] = TANSU_FETCH_MAX_WAIT_MS
+        update |= tansu_settings(os.environ)
         if settings.api_port == 0:
             update["api_port"] = free_port()
         if "TIERLINE_WEBHOOKS_ALLOW_PRIVATE_TARGETS" not in os.environ:
@@ -165,6 +160,22 @@ async def run_dev(settings: Settings, *, demo: bool) -> int:
         await asyncio.to_thread(broker.stop)
         await asyncio.to_thread(postgres.stop)
         (data_dir / "dev.json").unlink(missing_ok=True)
+
+
+def tansu_settings(environ: Mapping[str, str]) -> dict[str, object]:
+    """The settings `tierline dev` changes for Tansu, unless the environment sets them."""
+    update: dict[str, object] = {}
+    if "TIERLINE_KAFKA_IDEMPOTENCE" not in environ:
+        # Tansu refuses producer ids; probing it logs a harmless but alarming ERROR.
+        update["kafka_idempotence"] = "false"
+    if "TIERLINE_CONSUMER_FETCH_MAX_WAIT_MS" not in environ:
+        # Tansu answers a waiting fetch only after about half of this, however soon a
+        # record arrives (eventlog/kafka.py): the default 500 ms made every event late.
+        update["consumer_fetch_max_wait_ms"] = TANSU_FETCH_MAX_WAIT_MS
+    if "TIERLINE_KAFKA_PARTITIONS" not in environ:
+        # One consumer per role: partitions add Tansu work, not parallelism (ADR 0016).
+        update["kafka_partitions"] = TANSU_PARTITIONS
+    return update
 
 
 async def _serve(

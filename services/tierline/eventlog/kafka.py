@@ -23,6 +23,13 @@ DEFAULT_FETCH_MAX_WAIT_MS = 500
 # round trips: measured per idle consumer (client and Tansu together) +4% of a core at 25 ms,
 # +12% at 10 ms, against 500 ms.
 TANSU_FETCH_MAX_WAIT_MS = 20
+# The partitions of `tierline dev`'s topic. Each of its roles is a single consumer, so
+# partitions give it no parallelism, and Tansu's cost grows with them: every produce request
+# writes one record batch per partition it touches, and every consumer fetches each batch.
+# At 1,000 events/s with three consumers, 12 partitions cost Tansu most of a core and put its
+# produce round trip's p99 at ~25-35 ms; one partition a fraction of that (ADR 0016).
+# Production keeps `kafka_partitions` (12): there the partitions spread the consumer groups.
+TANSU_PARTITIONS = 1
 
 
 async def probe_idempotence(bootstrap: str, timeout: float = 10.0) -> bool:
