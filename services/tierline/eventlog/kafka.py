@@ -26,8 +26,9 @@ TANSU_FETCH_MAX_WAIT_MS = 20
 # The partitions of `tierline dev`'s topic. Each of its roles is a single consumer, so
 # partitions give it no parallelism, and Tansu's cost grows with them: every produce request
 # writes one record batch per partition it touches, and every consumer fetches each batch.
-# At 1,000 events/s with three consumers, 12 partitions cost Tansu most of a core and put its
-# produce round trip's p99 at ~25-35 ms; one partition a fraction of that (ADR 0016).
+# At 1,000 events/s with three consumers, Tansu used about a whole core with 12 partitions
+# (produce round trip p99 20-22 ms) and 74-78% of one with a single partition (12-15 ms); in
+# the SLA bench one partition halved Tansu's CPU and its ack tail (ADR 0016).
 # Production keeps `kafka_partitions` (12): there the partitions spread the consumer groups.
 TANSU_PARTITIONS = 1
 
