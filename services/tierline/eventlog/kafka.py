@@ -28,7 +28,7 @@ TANSU_FETCH_MAX_WAIT_MS = 20
 # writes one record batch per partition it touches, and every consumer fetches each batch.
 # At 1,000 events/s with three consumers, Tansu used about a whole core with 12 partitions
 # (produce round trip p99 20-22 ms) and 74-78% of one with a single partition (12-15 ms); in
-# the SLA bench one partition halved Tansu's CPU and its ack tail (ADR 0016).
+# the SLA bench one partition halved Tansu's CPU and cut its ack p99 to ~1/3 (ADR 0016).
 # Production keeps `kafka_partitions` (12): there the partitions spread the consumer groups.
 TANSU_PARTITIONS = 1
 
