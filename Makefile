@@ -69,6 +69,7 @@ bench-tansu: $(STAMP)
 	$(BIN)/python -m bench.tansu_partitions --runs 2
 	$(BIN)/python -m bench.tansu_partitions --partitions 1,12 --consumers 3 --fill 0,30000,60000 --runs 1 --name tansu_fill
 	$(BIN)/python -m bench.tansu_partitions --partitions 1,12 --consumers 3 --fill 60000 --fill-large-batches --runs 1 --name tansu_fill_large
+	$(BIN)/python -m bench.tansu_partitions --rate 0 --partitions 12,1 --consumers 3 --runs 2 --name tansu_idle
 
 clean:
 	rm -rf $(VENV) .tierline .pytest_cache .mypy_cache .ruff_cache

@@ -203,11 +203,15 @@ async def one(
         "records": sent,
         "produce_requests": len(round_trips),
         "received_per_consumer": received,
-        "produce_round_trip": {
-            "p50_ms": ms(round_trips, 50),
-            "p99_ms": ms(round_trips, 99),
-            "max_ms": round(max(round_trips) * 1000, 2),
-        },
+        "produce_round_trip": (
+            {
+                "p50_ms": ms(round_trips, 50),
+                "p99_ms": ms(round_trips, 99),
+                "max_ms": round(max(round_trips) * 1000, 2),
+            }
+            if round_trips
+            else None  # --rate 0: idle consumers only
+        ),
         "send_to_receive": (
             {"p50_ms": ms(latencies, 50), "p99_ms": ms(latencies, 99)} if latencies else None
         ),
@@ -258,7 +262,7 @@ def render(rows: list[dict[str, Any]]) -> None:
             f"{row['filled_records']} ({row['fill_batches']})",
             str(row["partitions"]),
             str(row["consumers"]),
-            f"{trip['p50_ms']} / {trip['p99_ms']}",
+            "-" if trip is None else f"{trip['p50_ms']} / {trip['p99_ms']}",
             "-" if fresh is None else f"{fresh['p50_ms']} / {fresh['p99_ms']}",
             str(cpu["tansu"]),
             str(cpu["producer"]),
@@ -280,7 +284,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument(
         "--fill-large-batches", action="store_true", help="fill in large batches instead"
     )
-    parser.add_argument("--rate", type=float, default=1000.0, help="records per second")
+    parser.add_argument(
+        "--rate", type=float, default=1000.0, help="records per second (0: idle consumers)"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=2, help="interleaved runs of each")
     parser.add_argument("--name", default="tansu_partitions", help="bench/results/<name>.json")
