@@ -744,11 +744,15 @@ def main(args: argparse.Namespace) -> None:
     global PARTITIONS, FETCH_WAIT_MS
     # The Tansu shape runs with `tierline dev`'s settings for Tansu unless told otherwise.
     dev = tansu_settings({}) if args.broker == "tansu" else {}
-    partitions = args.partitions or dev.get("kafka_partitions", Settings().kafka_partitions)
-    PARTITIONS = int(str(partitions))
-    fetch_wait = args.fetch_wait_ms or dev.get("consumer_fetch_max_wait_ms")
+    if args.partitions is None:
+        default = Settings.model_fields["kafka_partitions"].default
+        args.partitions = int(str(dev.get("kafka_partitions", default)))
+    PARTITIONS = args.partitions
+    fetch_wait = (
+        dev.get("consumer_fetch_max_wait_ms") if args.fetch_wait_ms is None else args.fetch_wait_ms
+    )
     FETCH_WAIT_MS = None if fetch_wait is None else str(fetch_wait)
-    args.partitions, args.fetch_wait_ms = PARTITIONS, FETCH_WAIT_MS
+    args.fetch_wait_ms = FETCH_WAIT_MS
     with infrastructure(args.broker) as infra:
         rows = asyncio.run(run_scenarios(args, infra))
     render(rows)

@@ -37,7 +37,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import percentile, save
+from bench.common import percentile, process_tree, save
 from tierline.devstack.tansu import TansuBroker
 from tierline.eventlog.kafka import TANSU_FETCH_MAX_WAIT_MS, ensure_topic, producer_options
 
@@ -49,9 +49,7 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (its threads included)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
+    return process_tree(pid)[pid].ticks / TICKS
 
 
 def ms(values: list[float], q: float) -> float:
