@@ -186,11 +186,23 @@ async def http_part(args: argparse.Namespace) -> dict[str, Any]:
     loadgen = build_loadgen() if args.client == "go" else None
     rows: list[dict[str, Any]] = []
     modes = args.dev_processes
-    variants = [(p, m) for p in args.write_paths for m in modes]
-    labels = [p if len(modes) == 1 else f"{p} dev={m}" for p, m in variants]
+    groups = [tuple(g.split("x")) for g in args.group_commit]
+    variants = [(p, m, g) for p in args.write_paths for m in modes for g in groups]
+    labels = [
+        p
+        + ("" if len(modes) == 1 else f" dev={m}")
+        + ("" if len(groups) == 1 else f" gc={'x'.join(g)}")
+        for p, m, g in variants
+    ]
     for run in range(args.http_runs):
-        for (path, mode), label in zip(variants, labels, strict=True):
-            env = {"TIERLINE_WRITE_PATH": path, "TIERLINE_DEV_PROCESSES": mode}
+        for (path, mode, group), label in zip(variants, labels, strict=True):
+            env = {
+                "TIERLINE_WRITE_PATH": path,
+                "TIERLINE_DEV_PROCESSES": mode,
+                "TIERLINE_WRITE_GROUP_COMMIT_MAX": group[0],
+            }
+            if len(group) > 1:
+                env["TIERLINE_WRITE_GROUP_COMMIT_WRITERS"] = group[1]
             with dev_stack(env=env) as dev:
                 headers = {"Authorization": f"Bearer {dev['admin_key']}"}
                 async with aiohttp.ClientSession(dev["api_url"], headers=headers) as http:
@@ -639,6 +651,14 @@ def parse() -> argparse.Namespace:
         default=[Settings.model_fields["dev_processes"].default],
         help="TIERLINE_DEV_PROCESSES values (per-role, two, one) to compare, interleaved too"
         " (default: tierline dev's)",
+    )
+    parser.add_argument(
+        "--group-commit",
+        type=lambda s: s.split(","),
+        default=[str(Settings.model_fields["write_group_commit_max"].default)],
+        help="group commit settings to compare, interleaved too: MAX or MAXxWRITERS"
+        " (TIERLINE_WRITE_GROUP_COMMIT_MAX / _WRITERS; 1: each command alone; default:"
+        " tierline's)",
     )
     parser.add_argument("--http-runs", type=int, default=3, help="interleaved HTTP runs")
     parser.add_argument(

@@ -55,6 +55,12 @@ class Settings(BaseSettings):
     # trips); "locking" runs BEGIN, lock the head, append, COMMIT (the pre-0.x path, kept for
     # comparison in bench/write_path.py).
     write_path: Literal["one-statement", "locking"] = "one-statement"
+    # One-statement commands waiting for PostgreSQL at the same time are written together, up
+    # to this many per statement and transaction (group commit, store/group_commit.py,
+    # docs/adr/0017); 1 writes each command alone on its own connection.
+    write_group_commit_max: int = Field(default=64, ge=1)
+    # Batches written at the same time, each on its own connection.
+    write_group_commit_writers: int = Field(default=2, ge=1)
     # `tierline dev` only: "two" (default) runs relay, projector, sla and webhooks together in
     # one child process beside the API; "per-role" runs each in its own child, as production
     # does; "one" runs every role in the dev process (devstack/role_processes.py; measured in

@@ -47,6 +47,7 @@ from tierline.inbound.receive import InboundReceiver
 from tierline.projector import api as read_model_api
 from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
+from tierline.store.group_commit import GroupCommit
 from tierline.store.one_statement import OneStatementUnitOfWorkFactory
 from tierline.store.pool import create_pool
 from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
@@ -277,8 +278,16 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[POOL] = pool
     app[REFERENCE] = reference
     app[UNITS] = PostgresUnitOfWorkFactory(pool, reference)
+    group: GroupCommit | None = None
+    if settings.write_path == "one-statement" and settings.write_group_commit_max > 1:
+        group = GroupCommit(
+            settings.database_url,
+            settings.write_group_commit_max,
+            settings.write_group_commit_writers,
+        )
+        await group.start()
     app[COMMAND_UNITS] = (
-        OneStatementUnitOfWorkFactory(pool, reference)
+        OneStatementUnitOfWorkFactory(pool, reference, group=group)
         if settings.write_path == "one-statement"
         else app[UNITS]
     )
@@ -289,4 +298,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[KEY_CACHE].start()
     yield
     await app[KEY_CACHE].stop()
+    if group is not None:
+        await group.close()
     await pool.close()

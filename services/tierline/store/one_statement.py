@@ -45,6 +45,7 @@ from tierline.domain.issue import Issue, Rules
 from tierline.service_layer import unit_of_work as port
 from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
+from tierline.store.group_commit import CommandWrite, GroupCommit
 
 QUERIES = load_queries("tierline.store")
 
@@ -218,9 +219,13 @@ class OneStatementUnitOfWork:
         reference: ReferenceData,
         cache: SnapshotCache | None = None,
         trust: CacheTrust | None = None,
+        group: GroupCommit | None = None,
     ) -> None:
         self._pool = pool
         self._reference = reference
+        # Where the statement goes: with other commands' (group commit), or alone on this
+        # unit's connection.
+        self._group = group
         self.cache = cache if cache is not None else SnapshotCache(0)
         # Without a cache there is nothing to trust; a bare unit reads like before.
         self.trust = trust if trust is not None else CacheTrust(limit=0.0)
@@ -286,10 +291,10 @@ class OneStatementUnitOfWork:
             await self._check_unchecked()
         if self.pending is None and self.claim is None:
             return  # the command changed nothing and no key was sent: nothing to write
-        row = await self._statement()
+        moved = await self._statement()
         if self.pending is not None:
             unchecked, self.unchecked = self.unchecked, None
-            if not row["moved"]:
+            if not moved:
                 if unchecked is not None and unchecked.id == self.pending.issue.id:
                     # The cached issue was stale: forget it, so the next run reads the head.
                     self.trust.record(stale=True)
@@ -301,53 +306,69 @@ class OneStatementUnitOfWork:
                 self.trust.record(stale=False)
             self.cache.put(self.pending.issue)
 
-    async def _statement(self) -> asyncpg.Record:
-        a, claim, answer = self.pending, self.claim, self.answer
-        events = [] if a is None else a.events
-        first = 0 if a is None else a.expected_version + 1
+    async def _statement(self) -> int:
+        """Run the unit's write; returns how many heads moved (0 or 1)."""
+        write = self._command_write()
         try:
-            row = await self.connection.fetchrow(
-                QUERIES["append_command"],
-                None if a is None else a.issue.id,
-                "issue",
-                None if a is None else a.traceparent,
-                [uuid.uuid4() for _ in events],
-                list(range(first, first + len(events))),
-                [ev.type for ev in events],
-                [None if a is None else a.time] * len(events),
-                [ev.data_json for ev in events],
-                None if a is None else a.issue.vendor_id,
-                None if a is None else a.expected_version + len(events),
-                None if a is None else a.issue.model_dump_json(),
-                None if a is None else a.time,
-                None if a is None else a.expected_version,
-                None if a is None or a.origin is None else uuid.UUID(a.origin.source_id),
-                None if a is None or a.origin is None else a.origin.delivery_id,
-                None if claim is None else claim.principal,
-                None if claim is None else claim.key,
-                None if claim is None else claim.request_hash,
-                *((None, None, None) if answer is None else answer),
-            )
+            if self._group is not None:
+                return await self._group.write(write)
+            row = await self.connection.fetchrow(QUERIES["append_command"], *write.arguments())
         except asyncpg.UniqueViolationError as exc:
             # The key was used meanwhile (or, defensively, an event version is taken): nothing
             # was written; the next run finds the stored answer or the moved head.
+            a = self.pending
             raise port.StreamVersionConflict(
                 "" if a is None else a.issue.id, 0 if a is None else a.expected_version
             ) from exc
         assert row is not None
-        return row
+        return int(row["moved"])
+
+    def _command_write(self) -> CommandWrite:
+        """`append_command`'s arguments for what the unit did."""
+        a, claim, answer = self.pending, self.claim, self.answer
+        events = [] if a is None else a.events
+        first = 0 if a is None else a.expected_version + 1
+        status, body, headers = (None, None, None) if answer is None else answer
+        return CommandWrite(
+            stream_id=None if a is None else a.issue.id,
+            stream_type="issue",
+            traceparent=None if a is None else a.traceparent,
+            event_ids=[uuid.uuid4() for _ in events],
+            versions=list(range(first, first + len(events))),
+            types=[ev.type for ev in events],
+            times=[None if a is None else a.time] * len(events),
+            data=[ev.data_json for ev in events],
+            vendor_id=None if a is None else a.issue.vendor_id,
+            version=None if a is None else a.expected_version + len(events),
+            snapshot=None if a is None else a.issue.model_dump_json(),
+            updated_at=None if a is None else a.time,
+            expected=None if a is None else a.expected_version,
+            inbound_source=None if a is None or a.origin is None else uuid.UUID(a.origin.source_id),
+            inbound_delivery=None if a is None or a.origin is None else a.origin.delivery_id,
+            principal=None if claim is None else claim.principal,
+            key=None if claim is None else claim.key,
+            request_hash=None if claim is None else claim.request_hash,
+            status=status,
+            body=body,
+            headers=headers,
+        )
 
 
 class OneStatementUnitOfWorkFactory:
     """One-statement units of work over one pool and one reference-data cache."""
 
     def __init__(
-        self, pool: asyncpg.Pool, reference: ReferenceData, cache_size: int = 2_000
+        self,
+        pool: asyncpg.Pool,
+        reference: ReferenceData,
+        cache_size: int = 2_000,
+        group: GroupCommit | None = None,
     ) -> None:
         self.pool = pool
         self.reference = reference
         self.cache = SnapshotCache(cache_size)
         self.trust = CacheTrust()
+        self.group = group
 
     def __call__(self) -> OneStatementUnitOfWork:
-        return OneStatementUnitOfWork(self.pool, self.reference, self.cache, self.trust)
+        return OneStatementUnitOfWork(self.pool, self.reference, self.cache, self.trust, self.group)

@@ -63,6 +63,54 @@ WITH moved AS (
 SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS appended,
     (SELECT count(*) FROM claim) AS claimed
 
+-- append_commands --
+-- Several commands of append_command in one statement (group commit, store/group_commit.py),
+-- one issue each, numbered $1. Per command as there: its head moves only from its version $8,
+-- its events go in only if it moved, its idempotency answer with them or alone. Heads are
+-- locked in id order first, so two batches (or a batch and the SLA engine's) cannot deadlock
+-- on each other's order. A key taken meanwhile undoes the whole statement; the caller then
+-- writes each command alone. Returns the numbers of the commands whose head moved.
+WITH cmd AS (
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
+        $7::timestamptz[], $8::int[], $9::uuid[], $10::text[], $11::bool[])
+        AS c(n, stream_id, traceparent, vendor_id, version, snapshot, updated_at, expected,
+             inbound_source, inbound_delivery, appends)
+), locked AS (
+    SELECT s.stream_id FROM streams AS s
+    WHERE s.stream_id IN (SELECT stream_id FROM cmd WHERE appends)
+    ORDER BY s.stream_id
+    FOR UPDATE
+), moved AS (
+    UPDATE streams AS s
+    SET version = c.version, snapshot = c.snapshot::jsonb, updated_at = c.updated_at
+    FROM cmd AS c
+    WHERE c.appends AND s.stream_id = c.stream_id AND s.version = c.expected
+        AND s.stream_id IN (SELECT stream_id FROM locked)
+    RETURNING c.n
+), claim AS (
+    INSERT INTO idempotency_keys (principal, key, request_hash, status, body, headers)
+    SELECT k.principal, k.key, k.request_hash, k.status, k.body::jsonb, k.headers::jsonb
+    FROM unnest($19::int[], $20::text[], $21::text[], $22::text[], $23::int[], $24::text[],
+        $25::text[]) AS k(n, principal, key, request_hash, status, body, headers)
+    JOIN cmd AS c ON c.n = k.n
+    WHERE NOT c.appends OR k.n IN (SELECT n FROM moved)
+    RETURNING 1
+), appended AS (
+    INSERT INTO events
+        (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent,
+         inbound_source, inbound_delivery)
+    SELECT e.event_id, c.stream_id, $12, c.vendor_id, e.version, e.type, e.time, e.data::jsonb,
+        c.traceparent, c.inbound_source, c.inbound_delivery
+    FROM unnest($13::int[], $14::uuid[], $15::int[], $16::text[], $17::timestamptz[],
+        $18::text[]) WITH ORDINALITY AS e(n, event_id, version, type, time, data, ord)
+    JOIN cmd AS c ON c.n = e.n
+    WHERE e.n IN (SELECT n FROM moved)
+    ORDER BY e.ord
+    RETURNING 1
+)
+-- (Data-modifying CTEs run to completion whether or not the outer query reads them.)
+SELECT coalesce(array_agg(n), '{}') FROM moved
+
 -- stream_events --
 -- Every event of one stream, in version order
 SELECT event_id, stream_id, version, type, time, data::text AS data_json, traceparent, vendor_id,
