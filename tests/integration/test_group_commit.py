@@ -9,6 +9,7 @@ command alone, in queue order, with `append_command` does. Written against a rea
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import random
 import uuid
@@ -236,37 +237,127 @@ async def test_a_lost_connection_fails_the_batch_and_the_next_one_writes(
     database_url: str, conn: asyncpg.Connection
 ) -> None:
     await _streams(conn, "lost", 4)
-    group = GroupCommit(database_url)
+    group = GroupCommit(database_url, writers=1)
     await group.start()
+    blocker = await asyncpg.connect(database_url)
     try:
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'tierline' AND pid <> pg_backend_pid()"
-        )
-        results = await asyncio.gather(
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM streams WHERE stream_id = 'lost-0' FOR UPDATE")
+        writes = asyncio.gather(
             *(group.write(_write(f"lost-{i}", 3, 1)) for i in range(2)), return_exceptions=True
         )
+        # The batch waits on the lock; its connection dies under it.
+        while not await conn.fetchval(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE application_name = 'tierline' AND wait_event_type = 'Lock'"
+        ):
+            await asyncio.sleep(0.01)
+        results = await writes
         assert all(isinstance(r, Exception) for r in results), results
-        assert await _outcomes(group, [_write(f"lost-{i}", 3, 1) for i in range(2, 4)]) == [1, 1]
+        await tx.rollback()
+        assert await _outcomes(group, [_write(f"lost-{i}", 3, 1) for i in range(4)]) == [1] * 4
     finally:
+        await blocker.close()
         await group.close()
-    assert await conn.fetchval("SELECT count(*) FROM events") == 2
+    assert await conn.fetchval("SELECT count(*) FROM events") == 4
 
 
-def test_batch_arguments_number_commands_and_attach_events_and_keys() -> None:
-    writes = [_write("a", 1, 2, key="k1"), _write(None, 0, 0, key="k2"), _write("c", 5, 1)]
-    args = batch_arguments(writes)
+def test_batch_arguments_number_groups_and_attach_events_and_keys() -> None:
+    first = _write("a", 1, 2, key="k1")
+    chained = _write("a", 3, 1, key="k3")
+    groups = [[first, chained], [_write(None, 0, 0, key="k2")], [_write("c", 5, 1)]]
+    args = batch_arguments(groups)
     assert args[0] == [1, 2, 3]
     assert args[1] == ["a", None, "c"]
-    assert args[10] == [True, False, True]
-    assert args[12] == [1, 1, 3]  # events' command numbers
-    assert args[14] == [2, 3, 6]  # their versions
-    assert args[18] == [1, 2]  # keyed commands
-    assert args[20] == ["k1", "k2"]
+    assert args[3] == [4, None, 6]  # a chain ends at its last command's version...
+    assert args[6] == [1, None, 5]  # ...and starts from its first one's expected version
+    assert args[7] == [True, False, True]
+    assert args[9] == [1, 1, 1, 3]  # events' numbers
+    assert args[11] == [2, 3, 4, 6]  # their versions
+    assert args[18] == [1, 1, 2]  # keyed commands' numbers
+    assert args[20] == ["k1", "k3", "k2"]
     with pytest.raises(ValueError):
         GroupCommit("postgresql://unused", max_batch=0)
     with pytest.raises(ValueError):
         GroupCommit("postgresql://unused", writers=0)
+
+
+def _after(write: CommandWrite, before: asyncio.Future[int]) -> CommandWrite:
+    return dataclasses.replace(write, after=before)
+
+
+async def test_a_command_decided_on_a_queued_write_goes_out_with_it(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    await _streams(conn, "chain", 1)
+    group = GroupCommit(database_url, writers=1)
+    await group.start()
+    batches_before = _batches_over_one()
+    try:
+        first = group.submit(_write("chain-0", 3, 2))
+        second = group.submit(_after(_write("chain-0", 5, 1), first))
+        third = group.submit(_after(_write("chain-0", 6, 1, key="k-third"), second))
+        assert [await first, await second, await third] == [1, 1, 1]
+    finally:
+        await group.close()
+    assert _batches_over_one() == batches_before + 1  # one statement for the three
+    rows = await conn.fetch("SELECT version FROM events ORDER BY position")
+    assert [r["version"] for r in rows] == [4, 5, 6, 7]
+    assert await conn.fetchval("SELECT version FROM streams") == 7
+
+
+@pytest.mark.parametrize("writers", [1, 2])
+async def test_a_command_decided_on_a_write_that_failed_is_never_written(
+    database_url: str, conn: asyncpg.Connection, writers: int
+) -> None:
+    """The head is at 5 by another writer; the first command was decided on 3, the second on
+    the first's result, 5. Alone the second would move the head, on an issue that never was."""
+    await _streams(conn, "phantom", 2, version=5)
+    group = GroupCommit(database_url, writers=writers)
+    await group.start()
+    try:
+        stale = group.submit(_write("phantom-0", 3, 2))
+        on_it = group.submit(_after(_write("phantom-0", 5, 1, key="k-phantom"), stale))
+        other = group.submit(_write("phantom-1", 5, 1))
+        assert [await stale, await on_it, await other] == [0, 0, 1]
+        # The same once the first one's outcome is known before the second is queued.
+        late = group.submit(_after(_write("phantom-0", 5, 1), stale))
+        assert await late == 0
+    finally:
+        await group.close()
+    assert await conn.fetchval("SELECT version FROM streams WHERE stream_id = 'phantom-0'") == 5
+    assert await conn.fetchval("SELECT count(*) FROM events WHERE stream_id = 'phantom-0'") == 0
+    assert await conn.fetchval("SELECT count(*) FROM idempotency_keys") == 0
+
+
+async def test_a_command_waits_for_the_write_it_was_decided_on(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    await _streams(conn, "wait", 1)
+    group = GroupCommit(database_url, writers=2)
+    await group.start()
+    blocker = await asyncpg.connect(database_url)
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM streams WHERE stream_id = 'wait-0' FOR UPDATE")
+        first = group.submit(_write("wait-0", 3, 1))
+        while not await blocker.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        ):
+            await asyncio.sleep(0.01)
+        # The second writer is free, but the second command must not overtake the first.
+        second = group.submit(_after(_write("wait-0", 4, 1), first))
+        await asyncio.sleep(0.1)
+        assert not second.done()
+        await tx.rollback()
+        assert [await first, await second] == [1, 1]
+    finally:
+        await blocker.close()
+        await group.close()
+    rows = await conn.fetch("SELECT version FROM events ORDER BY position")
+    assert [r["version"] for r in rows] == [4, 5]
 
 
 async def test_writing_before_start_or_after_close_is_refused(database_url: str) -> None:

@@ -13,6 +13,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from tierline.store.group_commit import WRITE_QUEUED
+
 
 class IssueQueue:
     """One asyncio lock per issue with commands in flight (none when not `enabled`: the locking
@@ -27,17 +29,35 @@ class IssueQueue:
 
     @asynccontextmanager
     async def turn(self, issue_id: str) -> AsyncIterator[None]:
-        """Wait until no other command of this process runs on `issue_id`, then hold it."""
+        """Wait until no other command of this process runs on `issue_id`, then hold it.
+
+        The turn passes on early once the command's write is queued for group commit
+        (`write_queued`): the next command is decided on the issue as that write leaves it, and
+        its own write goes out only after it, or with it, and only if it moved the head.
+        """
         if not self._enabled:
             yield
             return
-        lock, users = self._turns.get(issue_id, (None, 0))
-        if lock is None:
-            lock = asyncio.Lock()
+        known, users = self._turns.get(issue_id, (None, 0))
+        lock = known if known is not None else asyncio.Lock()
         self._turns[issue_id] = (lock, users + 1)
+        held = False
+
+        def pass_on() -> None:
+            nonlocal held
+            if held:
+                held = False
+                lock.release()
+
         try:
-            async with lock:
+            await lock.acquire()
+            held = True
+            token = WRITE_QUEUED.set(pass_on)
+            try:
                 yield
+            finally:
+                WRITE_QUEUED.reset(token)
+                pass_on()
         finally:
             lock, users = self._turns[issue_id]
             if users == 1:

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +43,18 @@ QUERIES = load_queries("tierline.store")
 DEFAULT_MAX_BATCH = 64
 DEFAULT_WRITERS = 2
 
+# Called once a command's write is queued (set by the API's issue queue, api/issue_queue.py):
+# the next command on the issue may then be decided on the issue this one leaves.
+WRITE_QUEUED: ContextVar[Callable[[], None] | None] = ContextVar("write_queued", default=None)
+
+
+def write_queued() -> None:
+    """Tell whoever holds this command's turn on its issue that its write is queued."""
+    hook = WRITE_QUEUED.get()
+    if hook is not None:
+        hook()
+
+
 BATCH_COMMANDS = Histogram(
     "tierline_write_batch_commands",
     "Issue commands written per statement by group commit (store/group_commit.py)",
@@ -54,7 +68,7 @@ RETRY_ALONE: tuple[type[Exception], ...] = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CommandWrite:
     """The arguments of `append_command` for one command, in its parameter order."""
 
@@ -79,6 +93,9 @@ class CommandWrite:
     status: int | None
     body: str | None
     headers: str | None
+    # The queued write of the command this one was decided on (its issue as that one leaves
+    # it, not yet committed): this one goes out only after it or with it, and only if it moved.
+    after: asyncio.Future[int] | None = None
 
     def arguments(self) -> tuple[Any, ...]:
         """`append_command`'s $1 ... $21."""
@@ -110,36 +127,41 @@ class CommandWrite:
 @dataclass
 class _Job:
     write: CommandWrite
+    seq: int
     done: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
 
-def batch_arguments(writes: list[CommandWrite]) -> tuple[Any, ...]:
-    """`append_commands`' arrays: one element per command ($1-$12), per event ($13-$18), per
-    idempotency answer ($19-$25); commands are numbered from 1 in batch order."""
-    commands = range(1, len(writes) + 1)
-    events = [(n, w, i) for n, w in zip(commands, writes, strict=True) for i in range(len(w.types))]
-    keyed = [(n, w) for n, w in zip(commands, writes, strict=True) if w.principal is not None]
+def batch_arguments(groups: list[list[CommandWrite]]) -> tuple[Any, ...]:
+    """`append_commands`' arrays: per number ($1-$8), per event ($10-$18), per idempotency
+    answer ($19-$25). Each group is numbered from 1 in batch order: one command, or commands on
+    one issue each decided on the one before (its events in order, the last head, the first
+    expected version)."""
+    numbered = list(enumerate(groups, start=1))
+    events = [
+        (n, w, i) for n, group in numbered for w in group for i in range(len(w.types))
+    ]  # fmt: skip
+    keyed = [(n, w) for n, group in numbered for w in group if w.principal is not None]
     return (
-        list(commands),
-        [w.stream_id for w in writes],
-        [w.traceparent for w in writes],
-        [w.vendor_id for w in writes],
-        [w.version for w in writes],
-        [w.snapshot for w in writes],
-        [w.updated_at for w in writes],
-        [w.expected for w in writes],
-        [w.inbound_source for w in writes],
-        [w.inbound_delivery for w in writes],
-        [bool(w.types) for w in writes],
-        writes[0].stream_type,
+        [n for n, _ in numbered],
+        [g[0].stream_id for g in groups],
+        [g[-1].vendor_id for g in groups],
+        [g[-1].version for g in groups],
+        [g[-1].snapshot for g in groups],
+        [g[-1].updated_at for g in groups],
+        [g[0].expected for g in groups],
+        [any(w.types for w in g) for g in groups],
+        groups[0][0].stream_type,
         [n for n, _, _ in events],
         [w.event_ids[i] for _, w, i in events],
         [w.versions[i] for _, w, i in events],
         [w.types[i] for _, w, i in events],
         [w.times[i] for _, w, i in events],
         [w.data[i] for _, w, i in events],
+        [w.traceparent for _, w, _ in events],
+        [w.inbound_source for _, w, _ in events],
+        [w.inbound_delivery for _, w, _ in events],
         [n for n, _ in keyed],
         [w.principal for _, w in keyed],
         [w.key for _, w in keyed],
@@ -150,10 +172,15 @@ def batch_arguments(writes: list[CommandWrite]) -> tuple[Any, ...]:
     )
 
 
-class GroupCommit:
-    """Writes queued commands in batches, one batch at a time, on a connection of its own.
+def _moved(write: asyncio.Future[int]) -> bool:
+    """Whether a finished write moved its head (not when it failed or was cancelled)."""
+    return not write.cancelled() and write.exception() is None and write.result() == 1
 
-    Its own connection: the commands waiting here hold connections of the API's pool, so a
+
+class GroupCommit:
+    """Writes queued commands in batches on connections of its own, `writers` batches at once.
+
+    Its own connections: the commands waiting here hold connections of the API's pool, so a
     writer borrowing from that pool could wait for them forever.
     """
 
@@ -168,9 +195,10 @@ class GroupCommit:
         self._queue: deque[_Job] = deque()
         self._pool: asyncpg.Pool | None = None
         self._running: set[asyncio.Task[None]] = set()
-        # Issues in a batch being written: a later command on one waits for the next batch.
+        # Issues in a batch being written: their later commands wait for a later batch.
         self._in_flight: set[str] = set()
         self._closed = False
+        self._seq = 0
 
     async def start(self) -> None:
         """Open the writers' connections."""
@@ -181,7 +209,7 @@ class GroupCommit:
     async def close(self) -> None:
         """Let the writers finish what is queued, then close their connections."""
         self._closed = True
-        if self._running:
+        while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
         for job in self._queue:
             if not job.done.done():
@@ -193,33 +221,61 @@ class GroupCommit:
     async def write(self, write: CommandWrite) -> int:
         """Write one command with whatever else is waiting; returns `moved` (1 or 0), as
         `append_command` does. Raises what the command's own statement would raise."""
+        return await self.submit(write)
+
+    def submit(self, write: CommandWrite) -> asyncio.Future[int]:
+        """Queue one command; the future gives `moved` (1 or 0) or the statement's error.
+
+        A command on an issue may be queued before the one decided before it is written (its
+        `expected` is that one's `version`): the two go out in order, or together.
+        """
         if self._closed or self._pool is None:
             raise RuntimeError("group commit is not running")
-        job = _Job(write)
+        self._seq += 1
+        job = _Job(write, self._seq)
         self._queue.append(job)
-        # A writer that found the queue empty is done at once (no await in between), so counting
-        # the unfinished ones cannot strand this job.
+        self._wake()
+        return job.done
+
+    def _wake(self) -> None:
+        # A writer that found nothing to take is done at once (no await in between), so
+        # counting the unfinished ones cannot strand a queued job.
         if sum(not task.done() for task in self._running) < self._writers:
             writer = asyncio.create_task(self._drain(), name="tierline-group-commit")
             self._running.add(writer)
             writer.add_done_callback(self._running.discard)
-        return await job.done
 
-    def _take(self) -> list[_Job]:
-        """The next batch: queued jobs still wanted, in order, on distinct issues."""
-        batch: list[_Job] = []
-        streams: set[str] = set()
-        while self._queue and len(batch) < self._max_batch:
+    def _take(self) -> list[list[_Job]]:
+        """The next batch, in queue order, up to the first command that must wait: up to
+        `max_batch` issues, each with its commands decided one on another. A command waits
+        while its issue is being written, or while the write it was decided on is not done;
+        a second command on an issue in the batch, not decided on the first, waits too."""
+        groups: dict[str, list[_Job]] = {}
+        batch: list[list[_Job]] = []
+        while self._queue:
             job = self._queue[0]
             stream = job.write.stream_id
-            if stream is not None and (stream in streams or stream in self._in_flight):
-                break  # a later batch: its command was decided after the one being written
-            self._queue.popleft()
+            after = job.write.after
+            group = groups.get(stream) if stream is not None else None
             if job.done.done():
-                continue  # its request was cancelled before anything was sent
-            batch.append(job)
-            if stream is not None:
-                streams.add(stream)
+                pass  # its request was cancelled before anything was sent
+            elif after is not None and after.done() and not _moved(after):
+                # Decided on a write that did not move the head: written now, it would rest on
+                # an issue that never was. Its unit runs the command again.
+                job.done.set_result(0)
+            elif group is not None and after is not None and after is group[-1].done:
+                group.append(job)  # decided on the one before it: both go out together
+            elif (
+                (stream is not None and (stream in self._in_flight or group is not None))
+                or (after is not None and not after.done())
+                or len(batch) == self._max_batch
+            ):
+                break
+            else:
+                batch.append([job])
+                if stream is not None:
+                    groups[stream] = batch[-1]
+            self._queue.popleft()
         return batch
 
     async def _drain(self) -> None:
@@ -227,40 +283,50 @@ class GroupCommit:
         while self._queue:
             batch = self._take()
             if not batch:
-                return  # the head of the queue waits for a batch in flight
-            streams = {j.write.stream_id for j in batch if j.write.stream_id is not None}
+                return  # what is queued waits for a batch being written
+            streams = {g[0].write.stream_id for g in batch if g[0].write.stream_id is not None}
             self._in_flight |= streams
             try:
                 async with self._pool.acquire() as conn:
                     await self._flush(conn, batch)
             except Exception as exc:  # acquiring the connection failed: fail this batch
-                for job in batch:
+                for job in (j for g in batch for j in g):
                     if not job.done.done():
                         job.done.set_exception(exc)
             finally:
                 self._in_flight -= streams
+            if self._queue:
+                self._wake()  # what waited for this batch's issues may go to another writer
 
-    async def _flush(self, conn: Conn, batch: list[_Job]) -> None:
-        BATCH_COMMANDS.observe(len(batch))
-        if len(batch) > 1:
+    async def _flush(self, conn: Conn, batch: list[list[_Job]]) -> None:
+        jobs = [j for g in batch for j in g]
+        BATCH_COMMANDS.observe(len(jobs))
+        if len(jobs) > 1:
             try:
                 moved = await conn.fetchval(
-                    QUERIES["append_commands"], *batch_arguments([j.write for j in batch])
+                    QUERIES["append_commands"],
+                    *batch_arguments([[j.write for j in g] for g in batch]),
                 )
             except RETRY_ALONE as exc:
-                log.info("group_commit_retry_alone", commands=len(batch), error=type(exc).__name__)
+                log.info("group_commit_retry_alone", commands=len(jobs), error=type(exc).__name__)
             except Exception as exc:
-                for job in batch:
+                for job in jobs:
                     if not job.done.done():
                         job.done.set_exception(exc)
                 return
             else:
                 ids = set(moved or ())
-                for n, job in enumerate(batch, start=1):
-                    if not job.done.done():
-                        job.done.set_result(1 if n in ids else 0)
+                for n, group in enumerate(batch, start=1):
+                    for job in group:
+                        if not job.done.done():
+                            job.done.set_result(1 if n in ids else 0)
                 return
-        for job in batch:
+        for job in sorted(jobs, key=lambda j: j.seq):  # queue order, as alone
+            after = job.write.after
+            if after is not None and after.done() and not _moved(after):
+                if not job.done.done():
+                    job.done.set_result(0)  # as in _take: its issue never was
+                continue
             try:
                 row = await conn.fetchrow(QUERIES["append_command"], *job.write.arguments())
             except Exception as exc:

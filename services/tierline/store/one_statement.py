@@ -29,6 +29,7 @@ transaction, and other routes write through `connection`, so they keep the locki
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from tierline.domain.issue import Issue, Rules
 from tierline.service_layer import unit_of_work as port
 from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
-from tierline.store.group_commit import CommandWrite, GroupCommit
+from tierline.store.group_commit import CommandWrite, GroupCommit, write_queued
 
 QUERIES = load_queries("tierline.store")
 
@@ -74,32 +75,51 @@ class _Claim:
 
 
 class SnapshotCache:
-    """The last `size` issues this process read or wrote, at their versions (LRU)."""
+    """The last `size` issues this process read or wrote, at their versions (LRU).
+
+    With group commit an issue may be cached as a queued write leaves it, before that write
+    commits: `pending` then gives that write, so a command decided on it goes out only if the
+    write moved the head (store/group_commit.py).
+    """
 
     def __init__(self, size: int = 2_000) -> None:
         self._size = size
-        self._issues: OrderedDict[str, Issue] = OrderedDict()
+        self._issues: OrderedDict[str, tuple[Issue, asyncio.Future[int] | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._issues)
 
     def get(self, issue_id: str) -> Issue | None:
         """The cached issue (at whatever version it was cached), or None."""
-        issue = self._issues.get(issue_id)
-        if issue is not None:
-            self._issues.move_to_end(issue_id)
-        return issue
+        entry = self._issues.get(issue_id)
+        if entry is None:
+            return None
+        self._issues.move_to_end(issue_id)
+        return entry[0]
+
+    def pending(self, issue: Issue) -> asyncio.Future[int] | None:
+        """The queued write that leaves `issue` as cached, while it may not have committed."""
+        entry = self._issues.get(issue.id)
+        if entry is None or entry[0] is not issue:
+            return None
+        return entry[1]
 
     def forget(self, issue_id: str) -> None:
         """Drop `issue_id` (it was found stale)."""
         self._issues.pop(issue_id, None)
 
-    def put(self, issue: Issue) -> None:
+    def put(self, issue: Issue, pending: asyncio.Future[int] | None = None) -> None:
         """Remember `issue` at its version, forgetting the least recently used beyond size."""
-        self._issues[issue.id] = issue
+        self._issues[issue.id] = (issue, pending)
         self._issues.move_to_end(issue.id)
         while len(self._issues) > self._size:
             self._issues.popitem(last=False)
+
+    def committed(self, issue: Issue) -> None:
+        """`issue`'s write committed: keep it, unless a later one is queued on top of it."""
+        entry = self._issues.get(issue.id)
+        if entry is None or entry[0].version <= issue.version:
+            self.put(issue)
 
 
 class CacheTrust:
@@ -141,6 +161,7 @@ class OneStatementIssueStore:
         cached = unit.cache.get(issue_id)
         if cached is not None and unit.trust.trusted and unit.unchecked is None:
             unit.unchecked = cached
+            unit.after = unit.cache.pending(cached)
             return cached
         return await unit.read_head(issue_id, cached)
 
@@ -230,6 +251,8 @@ class OneStatementUnitOfWork:
         # Without a cache there is nothing to trust; a bare unit reads like before.
         self.trust = trust if trust is not None else CacheTrust(limit=0.0)
         self.unchecked: Issue | None = None
+        # The queued write that leaves `unchecked` as cached, if it may not have committed.
+        self.after: asyncio.Future[int] | None = None
         self.pending: _Append | None = None
         self.claim: _Claim | None = None
         self.answer: tuple[int, str, str] | None = None
@@ -279,6 +302,9 @@ class OneStatementUnitOfWork:
         issue, self.unchecked = self.unchecked, None
         if issue is None:
             return
+        if self.after is not None:
+            # Decided on a queued write: the head shows it only once it committed.
+            await asyncio.wait([self.after])
         current = await self.read_head(issue.id, issue)
         if current is not issue:
             raise port.StreamVersionConflict(issue.id, issue.version) from cause
@@ -296,22 +322,23 @@ class OneStatementUnitOfWork:
             unchecked, self.unchecked = self.unchecked, None
             if not moved:
                 if unchecked is not None and unchecked.id == self.pending.issue.id:
-                    # The cached issue was stale: forget it, so the next run reads the head.
+                    # The cached issue was stale: the next run reads the head.
                     self.trust.record(stale=True)
-                    self.cache.forget(unchecked.id)
+                # Also drops this command's own issue, cached when its write was queued.
+                self.cache.forget(self.pending.issue.id)
                 raise port.StreamVersionConflict(
                     self.pending.issue.id, self.pending.expected_version
                 )
             if unchecked is not None:
                 self.trust.record(stale=False)
-            self.cache.put(self.pending.issue)
+            self.cache.committed(self.pending.issue)
 
     async def _statement(self) -> int:
         """Run the unit's write; returns how many heads moved (0 or 1)."""
         write = self._command_write()
         try:
             if self._group is not None:
-                return await self._group.write(write)
+                return await self._queued(self._group, write)
             row = await self.connection.fetchrow(QUERIES["append_command"], *write.arguments())
         except asyncpg.UniqueViolationError as exc:
             # The key was used meanwhile (or, defensively, an event version is taken): nothing
@@ -322,6 +349,30 @@ class OneStatementUnitOfWork:
             ) from exc
         assert row is not None
         return int(row["moved"])
+
+    async def _queued(self, group: GroupCommit, write: CommandWrite) -> int:
+        """Queue the write; cache the issue as it leaves it, so the next command on the issue
+        can be decided now and go out right after it (or with it); then wait for it."""
+        written = group.submit(write)
+        if self.pending is None:
+            return await written
+        self.cache.put(self.pending.issue, pending=written)
+        write_queued()
+        try:
+            return await written
+        except BaseException:
+            self.cache.forget(self.pending.issue.id)  # nobody decides on it any more
+            raise
+
+    def _decided_on_unchecked(self) -> bool:
+        """Whether the append was decided on the unchecked cached issue."""
+        a, issue = self.pending, self.unchecked
+        return (
+            a is not None
+            and issue is not None
+            and issue.id == a.issue.id
+            and issue.version == a.expected_version
+        )
 
     def _command_write(self) -> CommandWrite:
         """`append_command`'s arguments for what the unit did."""
@@ -351,6 +402,7 @@ class OneStatementUnitOfWork:
             status=status,
             body=body,
             headers=headers,
+            after=self.after if self._decided_on_unchecked() else None,
         )
 
 

@@ -65,16 +65,17 @@ SELECT (SELECT count(*) FROM moved) AS moved, (SELECT count(*) FROM appended) AS
 
 -- append_commands --
 -- Several commands of append_command in one statement (group commit, store/group_commit.py),
--- one issue each, numbered $1. Per command as there: its head moves only from its version $8,
--- its events go in only if it moved, its idempotency answer with them or alone. Heads are
--- locked in id order first, so two batches (or a batch and the SLA engine's) cannot deadlock
--- on each other's order. A key taken meanwhile undoes the whole statement; the caller then
--- writes each command alone. Returns the numbers of the commands whose head moved.
+-- numbered $1, one issue each. A number may stand for several commands on one issue decided
+-- one after the other: their events in order, the last one's head, the first one's expected
+-- version. Per number as in append_command: its head moves only from its version $7, its
+-- events go in only if it moved, its idempotency answers with them or alone. Heads are locked
+-- in id order first, so two batches (or a batch and the SLA engine's) cannot deadlock on each
+-- other's order. A key taken meanwhile undoes the whole statement; the caller then writes
+-- each command alone. Returns the numbers whose head moved.
 WITH cmd AS (
-    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::int[], $6::text[],
-        $7::timestamptz[], $8::int[], $9::uuid[], $10::text[], $11::bool[])
-        AS c(n, stream_id, traceparent, vendor_id, version, snapshot, updated_at, expected,
-             inbound_source, inbound_delivery, appends)
+    SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::int[], $5::text[],
+        $6::timestamptz[], $7::int[], $8::bool[])
+        AS c(n, stream_id, vendor_id, version, snapshot, updated_at, expected, appends)
 ), locked AS (
     SELECT s.stream_id FROM streams AS s
     WHERE s.stream_id IN (SELECT stream_id FROM cmd WHERE appends)
@@ -99,10 +100,12 @@ WITH cmd AS (
     INSERT INTO events
         (event_id, stream_id, stream_type, vendor_id, version, type, time, data, traceparent,
          inbound_source, inbound_delivery)
-    SELECT e.event_id, c.stream_id, $12, c.vendor_id, e.version, e.type, e.time, e.data::jsonb,
-        c.traceparent, c.inbound_source, c.inbound_delivery
-    FROM unnest($13::int[], $14::uuid[], $15::int[], $16::text[], $17::timestamptz[],
-        $18::text[]) WITH ORDINALITY AS e(n, event_id, version, type, time, data, ord)
+    SELECT e.event_id, c.stream_id, $9, c.vendor_id, e.version, e.type, e.time, e.data::jsonb,
+        e.traceparent, e.inbound_source, e.inbound_delivery
+    FROM unnest($10::int[], $11::uuid[], $12::int[], $13::text[], $14::timestamptz[],
+        $15::text[], $16::text[], $17::uuid[], $18::text[]) WITH ORDINALITY
+        AS e(n, event_id, version, type, time, data, traceparent, inbound_source,
+             inbound_delivery, ord)
     JOIN cmd AS c ON c.n = e.n
     WHERE e.n IN (SELECT n FROM moved)
     ORDER BY e.ord
