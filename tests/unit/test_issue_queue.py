@@ -87,4 +87,3 @@ async def test_the_turn_passes_on_once_the_write_is_queued_and_only_once() -> No
     # The third waited for the second: the first's end did not release the lock again.
     assert events.index("third starts") > events.index("second ends")
     assert len(queue) == 0
-
