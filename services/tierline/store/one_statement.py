@@ -202,7 +202,8 @@ class OneStatementIdempotency:
 
     async def claim(self, principal: str, key: str, request_hash: str) -> port.StoredAnswer | None:
         """The stored answer of the key's first use, else remember the claim."""
-        row = await self._unit.connection.fetchrow(QUERIES["stored_response"], principal, key)
+        conn = await self._unit.connection()
+        row = await conn.fetchrow(QUERIES["stored_response"], principal, key)
         if row is not None:
             if row["request_hash"] != request_hash:
                 raise port.IdempotencyKeyReused(key)
@@ -232,7 +233,6 @@ class OneStatementUnitOfWork:
 
     issues: OneStatementIssueStore
     idempotency: OneStatementIdempotency
-    connection: PoolConnectionProxy[asyncpg.Record]
 
     def __init__(
         self,
@@ -247,6 +247,7 @@ class OneStatementUnitOfWork:
         # Where the statement goes: with other commands' (group commit), or alone on this
         # unit's connection.
         self._group = group
+        self._conn: PoolConnectionProxy[asyncpg.Record] | None = None
         self.cache = cache if cache is not None else SnapshotCache(0)
         # Without a cache there is nothing to trust; a bare unit reads like before.
         self.trust = trust if trust is not None else CacheTrust(limit=0.0)
@@ -259,10 +260,22 @@ class OneStatementUnitOfWork:
 
     async def rules_for(self, vendor_id: str) -> Rules | None:
         """Reference data (reloaded through this unit's connection when stale)."""
-        return await self._reference.rules_for(vendor_id, self.connection)
+        # A reload of stale reference data borrows a connection briefly unless the unit holds
+        # one already (the unit has no transaction: nothing waits on what it holds).
+        return await self._reference.rules_for(vendor_id, self._conn)
+
+    async def connection(self) -> PoolConnectionProxy[asyncpg.Record]:
+        """The unit's pooled connection, acquired on first use.
+
+        With a trusted cache and group commit most commands never use one: they decide on the
+        cached issue and their write goes out on the group commit's connection. Not holding one
+        while they wait lets every waiting command join the next batch.
+        """
+        if self._conn is None:
+            self._conn = await self._pool.acquire()
+        return self._conn
 
     async def __aenter__(self) -> OneStatementUnitOfWork:
-        self.connection = await self._pool.acquire()
         self.issues = OneStatementIssueStore(self)
         self.idempotency = OneStatementIdempotency(self)
         return self
@@ -280,11 +293,14 @@ class OneStatementUnitOfWork:
                 # A refusal decided on an unchecked cached issue may be a stale one.
                 await self._check_unchecked(cause=exc)
         finally:
-            await self._pool.release(self.connection)
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                await self._pool.release(conn)
 
     async def read_head(self, issue_id: str, cached: Issue | None) -> Issue | None:
         """Read the head: the cached issue if still current, else the stored snapshot."""
-        row = await self.connection.fetchrow(
+        conn = await self.connection()
+        row = await conn.fetchrow(
             QUERIES["read_head_unless_at"], issue_id, -1 if cached is None else cached.version
         )
         if row is None:
@@ -339,7 +355,8 @@ class OneStatementUnitOfWork:
         try:
             if self._group is not None:
                 return await self._queued(self._group, write)
-            row = await self.connection.fetchrow(QUERIES["append_command"], *write.arguments())
+            conn = await self.connection()
+            row = await conn.fetchrow(QUERIES["append_command"], *write.arguments())
         except asyncpg.UniqueViolationError as exc:
             # The key was used meanwhile (or, defensively, an event version is taken): nothing
             # was written; the next run finds the stored answer or the moved head.
