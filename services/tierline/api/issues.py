@@ -16,7 +16,7 @@ from tierline.api.registry import (
     principal,
     read_model,
 )
-from tierline.api.schemas import EventPage, IssueOut
+from tierline.api.schemas import EventPage, IssueOut, issue_body
 from tierline.domain import commands as c
 from tierline.domain.issue import InvalidTransition
 from tierline.eventlog.cloudevents import stored_to_structured
@@ -42,7 +42,7 @@ def _rendered(outcome: Outcome, *, opening: bool = False) -> Rendered:
     if opening:
         headers["Location"] = f"/v1/issues/{issue.id}"
     status = 201 if outcome.created else 200
-    return status, IssueOut.of(issue).model_dump(mode="json"), headers
+    return status, issue_body(issue), headers
 
 
 @routes.route(

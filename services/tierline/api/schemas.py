@@ -61,6 +61,20 @@ class IssueOut(BaseModel):
         )
 
 
+ISSUE_OUT_FIELDS = tuple(name for name in IssueOut.model_fields if name != "sla")
+CLOCK_OUT_FIELDS = tuple(ClockOut.model_fields)
+
+
+def issue_body(issue: Issue) -> dict[str, Any]:
+    """`IssueOut.of(issue).model_dump(mode="json")`, from one dump of the snapshot: every
+    command's answer is rendered, and building and validating the two models cost more than
+    the rest of the rendering (tests/unit/test_issue_body.py keeps the two equal)."""
+    raw = issue.model_dump(mode="json")
+    body = {name: raw[name] for name in ISSUE_OUT_FIELDS}
+    body["sla"] = [{name: clock[name] for name in CLOCK_OUT_FIELDS} for clock in raw["clocks"]]
+    return body
+
+
 class CloudEventOut(BaseModel):
     """An event in CloudEvents structured form."""
 
