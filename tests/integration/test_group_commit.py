@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 from prometheus_client import REGISTRY
 
-from tierline.store.group_commit import CommandWrite, GroupCommit, batch_arguments
+from tierline.store.group_commit import CommandWrite, GroupCommit, _Job, batch_arguments
 
 pytestmark = pytest.mark.postgres
 
@@ -368,3 +368,47 @@ async def test_writing_before_start_or_after_close_is_refused(database_url: str)
     await group.close()
     with pytest.raises(RuntimeError):
         await group.write(_write("x", 1, 1))
+
+
+class _Counting:
+    """A connection that counts the statements sent through it."""
+
+    def __init__(self, conn: asyncpg.Connection) -> None:
+        self.conn = conn
+        self.statements = 0
+
+    async def fetchval(self, *args: object) -> object:
+        self.statements += 1
+        return await self.conn.fetchval(*args)
+
+    async def fetchrow(self, *args: object) -> object:
+        self.statements += 1
+        return await self.conn.fetchrow(*args)
+
+
+async def test_one_failing_command_costs_its_batch_a_few_statements_not_one_each(
+    database_url: str, conn: asyncpg.Connection
+) -> None:
+    """A client racing its own idempotency key undoes the whole statement; the batch is split
+    in halves, so the 31 others are written in a handful of statements, with their answers."""
+    await _streams(conn, "split", 32)
+    await conn.execute(
+        "INSERT INTO idempotency_keys (principal, key, request_hash, status, body, headers)"
+        " VALUES ('key-a', 'raced', 'hash', 201, '{}', '{}')"
+    )
+    group = GroupCommit(database_url)
+    await group.start()
+    counting = _Counting(conn)
+    try:
+        jobs = [
+            _Job(_write(f"split-{i}", 3, 1, key="raced" if i == 17 else f"split-k{i}"))
+            for i in range(32)
+        ]
+        await group._flush(counting, [[job] for job in jobs])  # type: ignore[arg-type]
+        outcomes = [j.done.exception() or j.done.result() for j in jobs]
+    finally:
+        await group.close()
+    assert [o for i, o in enumerate(outcomes) if i != 17] == [1] * 31
+    assert isinstance(outcomes[17], asyncpg.UniqueViolationError)
+    assert counting.statements <= 2 * 5 + 1  # halving 32 down to the one: 11, not 33
+    assert await conn.fetchval("SELECT count(*) FROM events WHERE stream_id LIKE 'split-%'") == 31

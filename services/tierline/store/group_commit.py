@@ -10,8 +10,9 @@ A command alone is written at once with `append_command`, so nothing waits at lo
 Each command keeps its own outcome. Its head moves only from the version it was decided on,
 its events go in only if its head moved, its idempotency answer only with them (or alone), as
 in `append_command`. Where a batch fails as a whole (a key another process stored meanwhile, a
-deadlock against another process's batch), nothing of it was written, and every command in it
-is written again alone, so each gets the answer it would have had alone. Anything else (a lost
+deadlock against another process's batch), nothing of it was written: its halves are written
+in turn the same way, down to single commands, so each gets the answer it would have had alone
+and one failing command costs the others a few statements, not one each. Anything else (a lost
 connection) fails every command of the batch, as it would have failed each on its own.
 
 A command whose caller went away before its batch was sent is not written (its request was
@@ -31,7 +32,7 @@ from typing import Any
 
 import asyncpg
 import structlog
-from prometheus_client import Histogram
+from prometheus_client import Counter, Histogram
 
 from tierline.sqlfile import load_queries
 from tierline.store.pool import Conn, create_pool
@@ -61,7 +62,12 @@ BATCH_COMMANDS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 
-# Failures of a whole batch after which each command is written alone (nothing was written).
+BATCH_SPLITS = Counter(
+    "tierline_write_batch_splits_total",
+    "Group commit statements undone as a whole (a key taken meanwhile, a deadlock) and split",
+)
+
+# Failures of a whole batch after which its halves are written apart (nothing was written).
 RETRY_ALONE: tuple[type[Exception], ...] = (
     asyncpg.UniqueViolationError,
     asyncpg.DeadlockDetectedError,
@@ -127,7 +133,6 @@ class CommandWrite:
 @dataclass
 class _Job:
     write: CommandWrite
-    seq: int
     done: asyncio.Future[int] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -198,7 +203,6 @@ class GroupCommit:
         # Issues in a batch being written: their later commands wait for a later batch.
         self._in_flight: set[str] = set()
         self._closed = False
-        self._seq = 0
 
     async def start(self) -> None:
         """Open the writers' connections."""
@@ -231,8 +235,7 @@ class GroupCommit:
         """
         if self._closed or self._pool is None:
             raise RuntimeError("group commit is not running")
-        self._seq += 1
-        job = _Job(write, self._seq)
+        job = _Job(write)
         self._queue.append(job)
         self._wake()
         return job.done
@@ -299,8 +302,15 @@ class GroupCommit:
                 self._wake()  # what waited for this batch's issues may go to another writer
 
     async def _flush(self, conn: Conn, batch: list[list[_Job]]) -> None:
+        BATCH_COMMANDS.observe(sum(len(group) for group in batch))
+        await self._write(conn, batch)
+
+    async def _write(self, conn: Conn, batch: list[list[_Job]]) -> None:
+        """Write a batch in one statement. If it fails as a whole on a key or a deadlock, its
+        halves are written the same way in turn, down to single commands: a command that
+        fails alone costs the others a few statements, not one each (a client racing its own
+        key must not make every command of its batch a statement of its own)."""
         jobs = [j for g in batch for j in g]
-        BATCH_COMMANDS.observe(len(jobs))
         if len(jobs) > 1:
             try:
                 moved = await conn.fetchval(
@@ -308,7 +318,13 @@ class GroupCommit:
                     *batch_arguments([[j.write for j in g] for g in batch]),
                 )
             except RETRY_ALONE as exc:
-                log.info("group_commit_retry_alone", commands=len(jobs), error=type(exc).__name__)
+                log.info("group_commit_split", commands=len(jobs), error=type(exc).__name__)
+                BATCH_SPLITS.inc()
+                if len(batch) > 1:
+                    middle = len(batch) // 2
+                    await self._write(conn, batch[:middle])
+                    await self._write(conn, batch[middle:])
+                    return
             except Exception as exc:
                 for job in jobs:
                     if not job.done.done():
@@ -321,7 +337,8 @@ class GroupCommit:
                         if not job.done.done():
                             job.done.set_result(1 if n in ids else 0)
                 return
-        for job in sorted(jobs, key=lambda j: j.seq):  # queue order, as alone
+        # One command, or the commands of one issue decided one on another: alone, in order.
+        for job in jobs:
             after = job.write.after
             if after is not None and after.done() and not _moved(after):
                 if not job.done.done():

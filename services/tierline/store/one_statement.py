@@ -23,6 +23,12 @@ and the caller runs the command again on the fresh issue. How often the cache wa
 tracked per process (`CacheTrust`); below 80% (several API processes on one hot issue) the unit
 reads first again.
 
+With group commit (store/group_commit.py, docs/adr/0017) the statement goes out with other
+commands' instead of on the unit's connection, and the issue is cached as the queued write
+leaves it, so the next command on the issue is decided without waiting for the commit; its write
+then names the one it rests on and goes out only if that one moved the head. The unit acquires
+a pooled connection only when it reads, so most commands never hold one.
+
 Only issue commands run here: opening an issue registers external refs in the same
 transaction, and other routes write through `connection`, so they keep the locking unit.
 """
@@ -225,7 +231,8 @@ class OneStatementIdempotency:
 
 
 class OneStatementUnitOfWork:
-    """One pooled connection, no transaction: reads as they come, one atomic write at the end.
+    """No transaction: reads as they come (on a pooled connection taken at the first read), one
+    atomic write at the end (alone, or with other commands' through group commit).
 
     `unchecked` is the cached issue handed out without a read: before anything leaves the
     unit, the write's version guard or a read of the head confirms it was current.
