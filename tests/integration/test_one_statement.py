@@ -331,3 +331,31 @@ async def test_a_stale_trusted_cache_never_reaches_an_answer(
 
 def _cached(result: str) -> float:
     return REGISTRY.get_sample_value("tierline_cached_issues_total", {"result": result}) or 0.0
+
+
+async def test_a_database_error_inside_a_unit_goes_out_as_itself(
+    two_apis: tuple[Stack, Stack], pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL restarts under a command that decided on the trusted cache: the error that
+    leaves the unit is the connection's, which the API answers with 503, not an error about a
+    connection already back in the pool (the fault drill saw that become a 500)."""
+    from tierline.api.app import _dependency_down
+
+    monkeypatch.setattr(CacheTrust, "trusted", property(lambda _: True))
+    issue_id = await _issue(two_apis[0])
+    units = OneStatementUnitOfWorkFactory(pool, ReferenceData(pool))
+    async with units() as unit:
+        await unit.issues.get(issue_id)  # cached
+    with pytest.raises(Exception) as caught:
+        async with units() as unit:
+            assert await unit.issues.get(issue_id) is units.cache.get(issue_id)  # unchecked
+            conn = await unit.connection()
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            await pool.execute("SELECT pg_terminate_backend($1)", pid)
+            try:
+                await conn.fetchval("SELECT 1")  # the server went away under the command
+            finally:
+                # The pool takes the closed connection back meanwhile (its close callback),
+                # as it did in the drill while the command unwound.
+                await asyncio.sleep(0.2)
+    assert _dependency_down(caught.value), repr(caught.value)

@@ -53,6 +53,7 @@ from tierline.service_layer import unit_of_work as port
 from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
 from tierline.store.group_commit import CommandWrite, GroupCommit, write_queued
+from tierline.store.pool import DATABASE_ERRORS
 
 QUERIES = load_queries("tierline.store")
 
@@ -296,8 +297,12 @@ class OneStatementUnitOfWork:
         try:
             if exc_type is None:
                 await self._write()
-            elif isinstance(exc, Exception) and not isinstance(exc, port.StreamVersionConflict):
-                # A refusal decided on an unchecked cached issue may be a stale one.
+            elif isinstance(exc, Exception) and not isinstance(
+                exc, (port.StreamVersionConflict, *DATABASE_ERRORS)
+            ):
+                # A refusal decided on an unchecked cached issue may be a stale one. A database
+                # error is no refusal, and its connection may be gone: it goes out as it is
+                # (the API answers 503; the fault drill's PostgreSQL restart found a 500 here).
                 await self._check_unchecked(cause=exc)
         finally:
             if self._conn is not None:
