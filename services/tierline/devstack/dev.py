@@ -215,7 +215,8 @@ async def _serve(
             from tierline.devstack.demo import seed_demo
 
             await seed_demo(api_url, key)
-        (data_dir / "dev.json").write_text(
+        write_atomically(
+            data_dir / "dev.json",
             json.dumps(
                 {
                     "api_url": api_url,
@@ -229,7 +230,7 @@ async def _serve(
                     },
                 },
                 indent=2,
-            )
+            ),
         )
         _banner(settings, key, started, data_dir)
         await roles
@@ -281,3 +282,14 @@ async def _wait_http(
                 pass
             await asyncio.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write `path` so that readers see the old file or the whole new one, never a part.
+
+    Tests and `tierline` commands poll for dev.json while `tierline dev` starts; a plain write
+    let one of them read the file empty (a CI run saw it).
+    """
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
