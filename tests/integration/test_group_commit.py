@@ -202,32 +202,56 @@ async def test_a_batch_puts_each_issues_events_in_version_order(
     assert by_stream == {f"order-{i}": list(range(4, 10)) for i in range(6)}
 
 
+class HeldHead:
+    """Another transaction holding one issue's head row, so the writer's statement waits."""
+
+    def __init__(self, database_url: str, stream_id: str) -> None:
+        self._database_url = database_url
+        self._stream_id = stream_id
+
+    async def __aenter__(self) -> HeldHead:
+        self._conn = await asyncpg.connect(self._database_url)
+        self._tx = self._conn.transaction()
+        await self._tx.start()
+        await self._conn.execute(
+            "SELECT 1 FROM streams WHERE stream_id = $1 FOR UPDATE", self._stream_id
+        )
+        return self
+
+    async def until_a_write_waits(self) -> None:
+        """Until a statement waits on the held row."""
+        while not await self._conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
+        ):
+            await asyncio.sleep(0.01)
+
+    async def release(self) -> None:
+        """Let the waiting statement go on."""
+        await self._tx.rollback()
+
+    async def __aexit__(self, *_: object) -> None:
+        await self._conn.close()
+
+
 async def test_a_command_cancelled_while_queued_is_not_written(
     database_url: str, conn: asyncpg.Connection
 ) -> None:
     await _streams(conn, "cancel", 2)
     group = GroupCommit(database_url, writers=1)
     await group.start()
-    blocker = await asyncpg.connect(database_url)
     try:
         # Hold the first issue's head: the writer's first statement waits on it.
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM streams WHERE stream_id = 'cancel-0' FOR UPDATE")
-        first = asyncio.create_task(group.write(_write("cancel-0", 3, 1)))
-        while not await blocker.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
-        ):
-            await asyncio.sleep(0.01)
-        queued = asyncio.create_task(group.write(_write("cancel-1", 3, 1, key="gone")))
-        await asyncio.sleep(0.05)
-        queued.cancel()
-        await tx.rollback()
-        assert await first == 1
-        with pytest.raises(asyncio.CancelledError):
-            await queued
+        async with HeldHead(database_url, "cancel-0") as held:
+            first = asyncio.create_task(group.write(_write("cancel-0", 3, 1)))
+            await held.until_a_write_waits()
+            queued = asyncio.create_task(group.write(_write("cancel-1", 3, 1, key="gone")))
+            await asyncio.sleep(0.05)
+            queued.cancel()
+            await held.release()
+            assert await first == 1
+            with pytest.raises(asyncio.CancelledError):
+                await queued
     finally:
-        await blocker.close()
         await group.close()
     assert await conn.fetchval("SELECT version FROM streams WHERE stream_id = 'cancel-1'") == 3
     assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = 'gone'") == 0
@@ -239,26 +263,23 @@ async def test_a_lost_connection_fails_the_batch_and_the_next_one_writes(
     await _streams(conn, "lost", 4)
     group = GroupCommit(database_url, writers=1)
     await group.start()
-    blocker = await asyncpg.connect(database_url)
     try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM streams WHERE stream_id = 'lost-0' FOR UPDATE")
-        writes = asyncio.gather(
-            *(group.write(_write(f"lost-{i}", 3, 1)) for i in range(2)), return_exceptions=True
-        )
-        # The batch waits on the lock; its connection dies under it.
-        while not await conn.fetchval(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE application_name = 'tierline' AND wait_event_type = 'Lock'"
-        ):
-            await asyncio.sleep(0.01)
-        results = await writes
-        assert all(isinstance(r, Exception) for r in results), results
-        await tx.rollback()
+        async with HeldHead(database_url, "lost-0") as held:
+            writes = asyncio.gather(
+                *(group.write(_write(f"lost-{i}", 3, 1)) for i in range(2)),
+                return_exceptions=True,
+            )
+            # The batch waits on the lock; its connection dies under it.
+            while not await conn.fetchval(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE application_name = 'tierline' AND wait_event_type = 'Lock'"
+            ):
+                await asyncio.sleep(0.01)
+            results = await writes
+            assert all(isinstance(r, Exception) for r in results), results
+            await held.release()
         assert await _outcomes(group, [_write(f"lost-{i}", 3, 1) for i in range(4)]) == [1] * 4
     finally:
-        await blocker.close()
         await group.close()
     assert await conn.fetchval("SELECT count(*) FROM events") == 4
 
@@ -337,24 +358,17 @@ async def test_a_command_waits_for_the_write_it_was_decided_on(
     await _streams(conn, "wait", 1)
     group = GroupCommit(database_url, writers=2)
     await group.start()
-    blocker = await asyncpg.connect(database_url)
     try:
-        tx = blocker.transaction()
-        await tx.start()
-        await blocker.execute("SELECT 1 FROM streams WHERE stream_id = 'wait-0' FOR UPDATE")
-        first = group.submit(_write("wait-0", 3, 1))
-        while not await blocker.fetchval(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'"
-        ):
-            await asyncio.sleep(0.01)
-        # The second writer is free, but the second command must not overtake the first.
-        second = group.submit(_after(_write("wait-0", 4, 1), first))
-        await asyncio.sleep(0.1)
-        assert not second.done()
-        await tx.rollback()
-        assert [await first, await second] == [1, 1]
+        async with HeldHead(database_url, "wait-0") as held:
+            first = group.submit(_write("wait-0", 3, 1))
+            await held.until_a_write_waits()
+            # The second writer is free, but the second command must not overtake the first.
+            second = group.submit(_after(_write("wait-0", 4, 1), first))
+            await asyncio.sleep(0.1)
+            assert not second.done()
+            await held.release()
+            assert [await first, await second] == [1, 1]
     finally:
-        await blocker.close()
         await group.close()
     rows = await conn.fetch("SELECT version FROM events ORDER BY position")
     assert [r["version"] for r in rows] == [4, 5]
