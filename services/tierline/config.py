@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tierline.eventlog.kafka import DEFAULT_FETCH_MAX_WAIT_MS
+from tierline.store.group_commit import DEFAULT_MAX_BATCH, DEFAULT_WRITERS
 
 ISSUE_EVENTS_TOPIC = "tierline.issue-events.v1"
 
@@ -58,9 +59,9 @@ class Settings(BaseSettings):
     # One-statement commands waiting for PostgreSQL at the same time are written together, up
     # to this many per statement and transaction (group commit, store/group_commit.py,
     # docs/adr/0017); 1 writes each command alone on its own connection.
-    write_group_commit_max: int = Field(default=64, ge=1)
+    write_group_commit_max: int = Field(default=DEFAULT_MAX_BATCH, ge=1)
     # Batches written at the same time, each on its own connection.
-    write_group_commit_writers: int = Field(default=2, ge=1)
+    write_group_commit_writers: int = Field(default=DEFAULT_WRITERS, ge=1)
     # `tierline dev` only: "two" (default) runs relay, projector, sla and webhooks together in
     # one child process beside the API; "per-role" runs each in its own child, as production
     # does; "one" runs every role in the dev process (devstack/role_processes.py; measured in
