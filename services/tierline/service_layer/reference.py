@@ -8,7 +8,9 @@ Writers in this process refresh it at once after a change; other processes see a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -33,15 +35,26 @@ class ReferenceData:
         self._calendars: dict[str, BusinessCalendar] = {}
         self._lock = asyncio.Lock()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self, conn: Conn | None) -> AsyncIterator[Conn]:
+        """`conn`, or one borrowed from the pool for the block."""
+        if conn is not None:
+            yield conn
+        else:
+            async with self._pool.acquire() as own:
+                yield own
+
     async def refresh(self, conn: Conn | None = None) -> None:
         """Reload everything now (through `conn` when the caller already holds one)."""
-        async with self._lock:
-            await self._load(conn)
+        # The connection first, then the lock: the holder of the lock never waits for the pool.
+        # Taken the other way round, a reload waiting for a connection while holding the lock
+        # waits forever once every pooled connection is held by a caller waiting for the lock
+        # (a unit of work reloading through its own connection): the API stopped answering
+        # under load that way, with PostgreSQL idle.
+        async with self._connection(conn) as own, self._lock:
+            await self._load(own)
 
-    async def _load(self, conn: Conn | None) -> None:
-        if conn is None:
-            async with self._pool.acquire() as own:
-                return await self._load(own)
+    async def _load(self, conn: Conn) -> None:
         version, governance = await vendor_store.current_governance(conn)
         records = await vendor_store.vendor_records(conn)
         self.governance_version, self.governance = version, governance
@@ -50,14 +63,20 @@ class ReferenceData:
         # Calendars are built from the vendors and the governance document just replaced.
         self._calendars = {}
         self._loaded_at = time.monotonic()
-        return None
 
     async def _fresh(self, conn: Conn | None) -> Governance:
         if self.governance is None or time.monotonic() - self._loaded_at > self._ttl:
             loaded_at = self._loaded_at
-            async with self._lock:
-                if self._loaded_at == loaded_at:  # nobody refreshed while we waited
-                    await self._load(conn)
+            if conn is None:
+                # A reload in progress may leave the data fresh: wait it out holding nothing
+                # (its holder has its connection), and borrow one only if still needed.
+                async with self._lock:
+                    pass
+            if self._loaded_at == loaded_at:
+                # As in `refresh`: a connection before the lock, never the other way round.
+                async with self._connection(conn) as own, self._lock:
+                    if self._loaded_at == loaded_at:  # nobody refreshed while we waited
+                        await self._load(own)
         assert self.governance is not None
         return self.governance
 
