@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from tierline.config import Settings
+from tierline.gcpause import time_collections
 from tierline.logs import configure_logging
 from tierline.secrets_command import add_secrets_parser, run_secrets
 
@@ -215,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format)
+    time_collections()
     try:
         return asyncio.run(_dispatch(args))
     except KeyboardInterrupt:

@@ -160,12 +160,14 @@ async def _child(settings: Settings, roles: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     """Entry point of one child: `ROLE[,ROLE...] LOG_FILE`."""
+    from tierline.gcpause import time_collections
     from tierline.logs import configure_logging
 
     names, log_file = argv
     roles = names.split(",")
     settings = Settings()
     configure_logging(settings.log_level, settings.log_format, file=Path(log_file))
+    time_collections()
     if len(roles) == 1:
         structlog.contextvars.bind_contextvars(role=roles[0])
     return asyncio.run(_child(settings, roles))
