@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from tierline.config import Settings
-from tierline.gcpause import time_collections
+from tierline.gcpause import freeze_when_settled, time_collections
 from tierline.logs import configure_logging
 from tierline.secrets_command import add_secrets_parser, run_secrets
 
@@ -186,6 +186,8 @@ async def _replay(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     settings = Settings()
+    if args.command == "dev" or args.command in ROLE_HELP:
+        freeze_when_settled()
     if args.command == "dev":
         from tierline.devstack.dev import run_dev
 

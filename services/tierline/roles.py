@@ -11,6 +11,7 @@ from aiohttp import web
 from tierline import secretbox
 from tierline.bootstrap import ROLES, Role
 from tierline.config import Settings
+from tierline.gcpause import settle_later
 from tierline.store.migrate import migrate_url
 
 log = structlog.get_logger(__name__)
@@ -91,10 +92,16 @@ async def run_roles(settings: Settings, names: list[str], stop: asyncio.Event) -
     ]
     if "api" not in names and settings.metrics_port:
         tasks.append(asyncio.create_task(serve_metrics(settings, stop), name="metrics"))
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            stop.set()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            raise task.exception()  # type: ignore[misc]
-    await asyncio.gather(*tasks)
+    # The API says when it listens; without it, the roles get a while to start.
+    settle = None if "api" in names else settle_later()
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                stop.set()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise task.exception()  # type: ignore[misc]
+        await asyncio.gather(*tasks)
+    finally:
+        if settle is not None:
+            settle.cancel()

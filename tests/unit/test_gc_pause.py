@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 
 from prometheus_client import REGISTRY
 
@@ -42,3 +44,32 @@ def test_each_collection_is_observed_once_under_its_generation() -> None:
     assert after[2][0] - before[2][0] == 2
     # Walking the whole heap takes time: the pauses are measured, not recorded as zero.
     assert after[2][1] > before[2][1]
+
+
+FREEZE_PROBE = """
+import gc, weakref
+from tierline.gcpause import freeze_long_lived
+
+class Node:
+    pass
+
+kept = [Node() for _ in range(5000)]
+garbage = Node(); garbage.self = garbage; dead = weakref.ref(garbage); del garbage
+freeze_long_lived()
+frozen = gc.get_freeze_count()
+later = Node(); later.self = later; later_dead = weakref.ref(later); del later
+gc.collect()
+print(frozen, dead() is None, later_dead() is None, len(kept))
+"""
+
+
+def test_freezing_leaves_what_lives_now_out_and_still_collects_later_cycles() -> None:
+    # In a child process: freezing is for good, and this test process must not keep it.
+    out = subprocess.run(
+        [sys.executable, "-c", FREEZE_PROBE], capture_output=True, text=True, check=True
+    )
+    frozen, old_cycle_freed, new_cycle_freed, kept = out.stdout.split()
+    assert int(frozen) >= int(kept) == 5000
+    # Garbage alive before the freeze is collected first, not frozen for good.
+    assert old_cycle_freed == "True"
+    assert new_cycle_freed == "True"

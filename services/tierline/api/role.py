@@ -17,6 +17,7 @@ from tierline.api.app import create_app
 from tierline.api.hardening import HANDLER_ARGS, ApiRunner
 from tierline.config import Settings
 from tierline.devstack.process import _die_with_parent
+from tierline.gcpause import settled
 
 log = structlog.get_logger(__name__)
 
@@ -43,6 +44,7 @@ async def run_api(settings: Settings, stop: asyncio.Event) -> None:
     )
     await site.start()
     log.info("api_listening", host=settings.api_host, port=settings.api_port, pid=os.getpid())
+    settled()
     try:
         await stop.wait()
     finally:

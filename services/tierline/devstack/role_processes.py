@@ -148,12 +148,14 @@ class RoleProcesses:
 
 
 async def _child(settings: Settings, roles: list[str]) -> int:
+    from tierline.gcpause import freeze_when_settled
     from tierline.roles import run_roles
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    freeze_when_settled()
     await run_roles(settings, roles, stop)
     return 0
 
