@@ -188,14 +188,63 @@ def _postgres_version() -> str | None:
     return out.stdout.strip() or None
 
 
+def _cpu_ticks() -> list[int] | None:
+    """The machine's CPU time by kind (/proc/stat: user nice system idle iowait irq softirq
+    steal ...), in clock ticks since boot."""
+    try:
+        return [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+# Taken when a bench starts (it imports this module first): the CPU time the hypervisor gave
+# to other guests since then is "steal" in the results.
+_TICKS_AT_START = _cpu_ticks()
+
+
+def cpu_use_since_start() -> dict[str, float] | None:
+    """Shares of the machine's CPU time since the bench started: busy, idle, and stolen by the
+    hypervisor (a VM's noisy neighbours: figures taken while steal is high are slower)."""
+    now = _cpu_ticks()
+    if now is None or _TICKS_AT_START is None or len(now) < 8:
+        return None
+    delta = [b - a for a, b in zip(_TICKS_AT_START, now, strict=False)]
+    total = sum(delta[:8]) or 1
+    idle = delta[3] + delta[4]
+    return {
+        "busy": round((total - idle - delta[7]) / total, 3),
+        "idle": round(idle / total, 3),
+        "steal": round(delta[7] / total, 4),
+    }
+
+
+def speed_probe(repeats: int = 5) -> float:
+    """Milliseconds for a fixed single-threaded Python workload (JSON, dicts, sorting), the
+    median of `repeats`: the same code on the same machine takes longer on a slower day, so
+    results files from different days compare through it."""
+    document = {"id": "iss_0", "clocks": [{"id": f"c{i}", "due": 1.5 * i} for i in range(20)]}
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for n in range(3000):
+            text = json.dumps({**document, "n": n})
+            parsed = json.loads(text)
+            sorted(parsed["clocks"], key=lambda c: -c["due"])
+        times.append(time.perf_counter() - started)
+    return round(1000 * sorted(times)[len(times) // 2], 1)
+
+
 def machine() -> dict[str, Any]:
-    """What every figure depends on: CPU count, load, platform, versions and the commit."""
+    """What every figure depends on: CPU count, load, platform, versions and the commit, and how
+    fast and how shared the machine was (`speed_probe_ms`, `cpu_since_start`)."""
     return {
         "cpus": os.cpu_count(),
         "cpu_model": _cpu_model(),
         "platform": platform.platform(),
         "python": sys.version.split()[0],
         "load_average_at_save": [round(x, 2) for x in os.getloadavg()],
+        "speed_probe_ms": speed_probe(),
+        "cpu_since_start": cpu_use_since_start(),
         "commit": _git_commit(),
         "postgres": _postgres_version(),
         "versions": {name: v for name in PACKAGES if (v := _version(name)) is not None},
