@@ -459,7 +459,11 @@ Buckets = dict[tuple[str, str | None], dict[float, float]]
 async def dev_shape() -> AsyncIterator[dict[str, Any]]:
     """`tierline dev` on Tansu; each of its processes serves its own metrics (dev.json)."""
     with dev_stack(port=free_port()) as dev:
-        yield {**dev, "metrics": list(dev["metrics"].values())}
+        yield {
+            **dev,
+            "metrics": list(dev["metrics"].values()),
+            "metric_names": list(dev["metrics"].keys()),
+        }
 
 
 async def freshness(rate: float, seconds: float, seed: int, shape: Any) -> dict[str, Any]:
@@ -475,9 +479,55 @@ async def freshness(rate: float, seconds: float, seed: int, shape: Any) -> dict[
             await http.post("/v1/vendors", json={"id": "fresh", "name": "Fresh"})
             await _warm_up(http)
             before = await scrape_histograms(stack["metrics"])
+            # Processes by name where the shape names them (dev.json does), else by URL.
+            named = dict(
+                zip(stack.get("metric_names", stack["metrics"]), stack["metrics"], strict=True)
+            )
+            gc_before = await scrape_gc_pauses(named)
             result = await _drive(http, rng, rate, seconds)
             result["stages"] = stage_figures(before, await scrape_histograms(stack["metrics"]))
+            result["gc_pauses"] = gc_pause_figures(gc_before, await scrape_gc_pauses(named))
             return result
+
+
+GcPauses = dict[str, dict[str, tuple[float, float]]]
+
+
+async def scrape_gc_pauses(urls: dict[str, str]) -> GcPauses:
+    """Per process (name: /metrics URL) and generation: collections so far and seconds paused."""
+    out: GcPauses = {}
+    async with aiohttp.ClientSession() as http:
+        for name, url in urls.items():
+            async with http.get(url) as resp:
+                text = await resp.text()
+            per_generation: dict[str, list[float]] = {}
+            for family in text_string_to_metric_families(text):
+                if family.name != "tierline_gc_pause_seconds":
+                    continue
+                for sample in family.samples:
+                    totals = per_generation.setdefault(sample.labels["generation"], [0.0, 0.0])
+                    if sample.name.endswith("_count"):
+                        totals[0] = sample.value
+                    elif sample.name.endswith("_sum"):
+                        totals[1] = sample.value
+            out[name] = {gen: (count, total) for gen, (count, total) in per_generation.items()}
+    return out
+
+
+def gc_pause_figures(before: GcPauses, after: GcPauses) -> dict[str, Any]:
+    """Collections and time paused during the run, per process and generation (the metric
+    `tierline_gc_pause_seconds`; empty for code without it)."""
+    figures: dict[str, Any] = {}
+    for process, generations in after.items():
+        for gen, (count, total) in sorted(generations.items()):
+            count0, total0 = before.get(process, {}).get(gen, (0.0, 0.0))
+            n, seconds = count - count0, total - total0
+            figures.setdefault(process, {})[f"generation_{gen}"] = {
+                "collections": int(n),
+                "paused_ms": round(1000 * seconds, 1),
+                "mean_pause_ms": round(1000 * seconds / n, 2) if n else None,
+            }
+    return figures
 
 
 async def scrape_histograms(urls: list[str]) -> Buckets:
