@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # trips); "locking" runs BEGIN, lock the head, append, COMMIT (the pre-0.x path, kept for
     # comparison in bench/write_path.py).
     write_path: Literal["one-statement", "locking"] = "one-statement"
+    # Governance and vendors are cached per process and reloaded when older than this; a change
+    # made through another process is seen within it (service_layer/reference.py).
+    reference_ttl_seconds: float = Field(default=2.0, gt=0)
     # One-statement commands waiting for PostgreSQL at the same time are written together, up
     # to this many per statement and transaction (group commit, store/group_commit.py,
     # docs/adr/0017); 1 writes each command alone on its own connection.

@@ -274,7 +274,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
     )
-    reference = ReferenceData(pool)
+    reference = ReferenceData(pool, ttl=settings.reference_ttl_seconds)
     app[POOL] = pool
     app[REFERENCE] = reference
     app[UNITS] = PostgresUnitOfWorkFactory(pool, reference)

@@ -33,7 +33,7 @@ async def run_sla(settings: Settings, stop: asyncio.Event) -> None:
         max_size=settings.db_pool_max,
     )
     try:
-        reference = ReferenceData(pool)
+        reference = ReferenceData(pool, ttl=settings.reference_ttl_seconds)
         clock_table = ClockTable(reference)
         consumer = LogConsumer(
             name=CONSUMER_NAME,
