@@ -48,5 +48,33 @@ async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 2
     return pool
 
 
+def taken_back(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
+    """Whether the pool took this borrowed connection back on its own: its server closed it.
+
+    asyncpg's pool detaches the proxy when the connection closes under it (a PostgreSQL restart
+    or a terminated backend). A call on the proxy after that raises `InterfaceError`
+    ("released back to the pool"), which reads like a bug in the caller, not a lost database.
+    """
+    # Private to asyncpg, without a public accessor; the integration test pins it.
+    return getattr(conn, "_con", conn) is None
+
+
+def connection_lost(conn: PoolConnectionProxy[asyncpg.Record], exc: BaseException) -> BaseException:
+    """The error to raise for `exc`, met while holding `conn`.
+
+    A unit of work never gives its connection back before it ends, so an `InterfaceError` while
+    the pool has taken it back means the server went away under the command: it leaves as the
+    connection error it is (the API answers 503), not as a misuse of a released connection (a
+    500). Anything else is returned unchanged.
+    """
+    if isinstance(exc, asyncpg.InterfaceError) and taken_back(conn):
+        lost = asyncpg.ConnectionDoesNotExistError(
+            "the connection to PostgreSQL closed during the command"
+        )
+        lost.__cause__ = exc
+        return lost
+    return exc
+
+
 # A connection as handlers see it: a plain one, or one borrowed from the pool.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
