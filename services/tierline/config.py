@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     # trips); "locking" runs BEGIN, lock the head, append, COMMIT (the pre-0.x path, kept for
     # comparison in bench/write_path.py).
     write_path: Literal["one-statement", "locking"] = "one-statement"
+    # An API request waits at most this long for a pooled PostgreSQL connection, then gets 503
+    # with Retry-After (store/pool.py): a stuck pool turns into errors, not requests that hang.
+    db_acquire_timeout_seconds: float = Field(default=10.0, gt=0)
     # Governance and vendors are cached per process and reloaded when older than this; a change
     # made through another process is seen within it (service_layer/reference.py).
     reference_ttl_seconds: float = Field(default=2.0, gt=0)

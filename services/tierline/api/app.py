@@ -49,7 +49,7 @@ from tierline.service_layer.issues import IssueService, Principal
 from tierline.service_layer.reference import ReferenceData
 from tierline.store.group_commit import GroupCommit
 from tierline.store.one_statement import OneStatementUnitOfWorkFactory
-from tierline.store.pool import create_pool
+from tierline.store.pool import PoolBusy, create_pool
 from tierline.store.unit_of_work import PostgresUnitOfWorkFactory
 from tierline.webhooks import api as webhook_api
 
@@ -189,9 +189,12 @@ async def _with_problems(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception as exc:
         if _dependency_down(exc):
             log.warning("dependency_unavailable", path=request.path, error=type(exc).__name__)
-            response = problem_response(
-                503, "unavailable", "the database is not reachable; retry shortly", request.path
+            detail = (
+                f"the service is busy: {exc}; retry shortly"
+                if isinstance(exc, PoolBusy)
+                else "the database is not reachable; retry shortly"
             )
+            response = problem_response(503, "unavailable", detail, request.path)
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
         log.exception("request_failed", method=request.method, path=request.path)
@@ -272,7 +275,10 @@ def create_app(settings: Settings, *, kafka_bootstrap: str | None = None) -> web
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(
-        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+        settings.database_url,
+        min_size=settings.db_pool_min,
+        max_size=settings.db_pool_max,
+        wait_bound=settings.db_acquire_timeout_seconds,
     )
     reference = ReferenceData(pool, ttl=settings.reference_ttl_seconds)
     app[POOL] = pool

@@ -6,6 +6,7 @@ from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from prometheus_client import Counter
 
 CONNECT_TIMEOUT = 10.0
 
@@ -33,18 +34,71 @@ async def _reset_on_release(conn: asyncpg.Connection) -> None:
     """
 
 
-async def create_pool(database_url: str, *, min_size: int = 2, max_size: int = 20) -> asyncpg.Pool:
-    """A pool whose connections use UTC so timestamps round-trip unchanged."""
-    pool = await asyncpg.create_pool(
+class PoolBusy(TimeoutError):
+    """No pooled connection became free within the pool's bound (the API answers 503)."""
+
+
+ACQUIRE_TIMEOUTS = Counter(
+    "tierline_db_acquire_timeouts_total",
+    "Waits for a pooled PostgreSQL connection that gave up after the pool's bound",
+)
+
+
+class BoundedPool(asyncpg.Pool):
+    """A pool whose callers wait at most `wait_bound` seconds for a free connection.
+
+    asyncpg waits forever by default: a cycle between a lock and the pool (the API that stopped
+    answering at 500 commands/s, service_layer/reference.py) or a stuck query holding every
+    connection then stops every request for good. With a bound such a stop turns into 503s,
+    and the waits that give up let go of whatever they held. Only a wait that would queue pays
+    for the timer: a free connection is handed out as before.
+    """
+
+    wait_bound: float | None = None
+
+    async def _acquire(self, timeout: float | None) -> PoolConnectionProxy[asyncpg.Record]:
+        # Private to asyncpg (every acquire, `async with` or awaited, ends here); the
+        # integration tests in tests/integration/test_pool_bound.py pin it.
+        free = not self._queue.empty()  # type: ignore[attr-defined]
+        if timeout is not None or self.wait_bound is None or free:
+            return await super()._acquire(timeout)  # type: ignore[misc,no-any-return]
+        try:
+            return await super()._acquire(self.wait_bound)  # type: ignore[misc,no-any-return]
+        except TimeoutError as exc:
+            ACQUIRE_TIMEOUTS.inc()
+            raise PoolBusy(
+                f"no database connection became free within {self.wait_bound:g} s"
+            ) from exc
+
+
+async def create_pool(
+    database_url: str,
+    *,
+    min_size: int = 2,
+    max_size: int = 20,
+    wait_bound: float | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections use UTC so timestamps round-trip unchanged.
+
+    `wait_bound`: seconds a caller waits for a free connection before `PoolBusy` (None: no
+    bound, asyncpg's default).
+    """
+    pool = BoundedPool(
         database_url,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        reset=_reset_on_release,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         # A server that stopped answering must fail a request in seconds, not a minute.
         timeout=CONNECT_TIMEOUT,
         server_settings={"timezone": "UTC", "application_name": "tierline"},
-        reset=_reset_on_release,
     )
-    assert pool is not None
+    pool.wait_bound = wait_bound
+    await pool
     return pool
 
 
