@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: run test browser drill lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks bench-tansu schemas clean
+.PHONY: run test browser drill lint format bench bench-write bench-projector bench-production bench-sla bench-webhooks bench-tansu bench-targets schemas clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ schemas: $(STAMP)
 
 # Every figure of bench/README.md, into bench/results/*.json (about 25 minutes on 2 cores).
 bench: bench-write bench-projector bench-production bench-sla bench-webhooks bench-tansu
+	$(BIN)/python -m bench.targets
+
+# The targets table of bench/README.md from the results files of the run above (no measuring).
+bench-targets: $(STAMP)
+	$(BIN)/python -m bench.targets
 
 bench-write: $(STAMP)
 	$(BIN)/python -m bench.write_path
