@@ -53,7 +53,7 @@ from tierline.service_layer import unit_of_work as port
 from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
 from tierline.store.group_commit import CommandWrite, GroupCommit, write_queued
-from tierline.store.pool import DATABASE_ERRORS, connection_lost
+from tierline.store.pool import DATABASE_ERRORS, raise_if_lost
 
 QUERIES = load_queries("tierline.store")
 
@@ -305,21 +305,17 @@ class OneStatementUnitOfWork:
                 # error is no refusal, and its connection may be gone: it goes out as it is
                 # (the API answers 503; the fault drill's PostgreSQL restart found a 500 here).
                 await self._check_unchecked(cause=exc)
-        except Exception as raised:
-            held = held or self._conn
-            lost = raised if held is None else connection_lost(held, raised)
-            if lost is raised:
-                raise
-            raise lost from raised
+        except asyncpg.InterfaceError as raised:
+            if self._conn is not None:
+                raise_if_lost(self._conn, raised)
+            raise
         finally:
             if self._conn is not None:
                 conn, self._conn = self._conn, None
                 await self._pool.release(conn)
         if exc is not None and held is not None:
-            lost = connection_lost(held, exc)
-            if lost is not exc:
-                # The command's own call met the connection the pool had taken back.
-                raise lost from exc
+            # The command's own call may have met the connection the pool had taken back.
+            raise_if_lost(held, exc)
 
     async def read_head(self, issue_id: str, cached: Issue | None) -> Issue | None:
         """Read the head: the cached issue if still current, else the stored snapshot."""

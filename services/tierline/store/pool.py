@@ -113,21 +113,18 @@ def taken_back(conn: PoolConnectionProxy[asyncpg.Record]) -> bool:
     return getattr(conn, "_con", conn) is None
 
 
-def connection_lost(conn: PoolConnectionProxy[asyncpg.Record], exc: BaseException) -> BaseException:
-    """The error to raise for `exc`, met while holding `conn`.
+def raise_if_lost(conn: PoolConnectionProxy[asyncpg.Record], exc: BaseException) -> None:
+    """Raise `exc`, met while holding `conn`, as the lost connection it is, if it is one.
 
     A unit of work never gives its connection back before it ends, so an `InterfaceError` while
-    the pool has taken it back means the server went away under the command: it leaves as the
-    connection error it is (the API answers 503), not as a misuse of a released connection (a
-    500). Anything else is returned unchanged.
+    the pool has taken it back means the server went away under the command: it leaves as
+    `ConnectionDoesNotExistError` (the API answers 503), not as a misuse of a released
+    connection (a 500). Anything else returns, for the caller to raise as it is.
     """
     if isinstance(exc, asyncpg.InterfaceError) and taken_back(conn):
-        lost = asyncpg.ConnectionDoesNotExistError(
+        raise asyncpg.ConnectionDoesNotExistError(
             "the connection to PostgreSQL closed during the command"
-        )
-        lost.__cause__ = exc
-        return lost
-    return exc
+        ) from exc
 
 
 # A connection as handlers see it: a plain one, or one borrowed from the pool.

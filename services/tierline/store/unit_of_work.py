@@ -17,7 +17,7 @@ from tierline.service_layer.issues import IssueService
 from tierline.service_layer.reference import ReferenceData
 from tierline.sqlfile import load_queries
 from tierline.store import event_store, idempotency
-from tierline.store.pool import Conn, connection_lost, taken_back
+from tierline.store.pool import Conn, raise_if_lost, taken_back
 
 QUERIES = load_queries("tierline.store")
 
@@ -152,18 +152,14 @@ class PostgresUnitOfWork:
             elif not taken_back(self.connection):
                 await self._transaction.rollback()
             # else: the server closed the connection, and with it rolled the transaction back.
-        except Exception as raised:
-            lost = connection_lost(self.connection, raised)
-            if lost is raised:
-                raise
-            raise lost from raised
+        except asyncpg.InterfaceError as raised:
+            raise_if_lost(self.connection, raised)
+            raise
         finally:
             await self._pool.release(self.connection)
         if exc is not None:
-            lost = connection_lost(self.connection, exc)
-            if lost is not exc:
-                # The command's own call met the connection the pool had taken back.
-                raise lost from exc
+            # The command's own call may have met the connection the pool had taken back.
+            raise_if_lost(self.connection, exc)
 
 
 class PostgresUnitOfWorkFactory:
